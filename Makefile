@@ -1,0 +1,52 @@
+# Each target sets up .venv itself (Python >= 3.11; override with PYTHON=python3.12).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?= -n 2
+
+.PHONY: demo test test-x64 lint format bench install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed-base: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@ $(VENV)/.installed-base
+
+$(VENV)/.installed-bench: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[test,bench]"
+	@touch $@ $(VENV)/.installed-test $(VENV)/.installed-base
+
+install: $(VENV)/.installed-base
+
+demo: $(VENV)/.installed-base
+	$(PY) -m experiments.reproduce --quick --out results/reproduce
+	@echo "Report: results/reproduce/REPORT.md (each experiment's figures in results/reproduce/<name>/)"
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The whole suite with 64-bit floats enabled everywhere (gradient and EM tests already use x64).
+test-x64: $(VENV)/.installed-test
+	JAX_ENABLE_X64=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(VENV)/.installed-test
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: $(VENV)/.installed-bench
+	@for m in $$(ls benchmarks/*.py 2>/dev/null | xargs -n1 basename | sed 's/\.py$$//' | grep -v '^_'); do \
+	  echo "== benchmarks.$$m"; $(PY) -m benchmarks.$$m --out results/bench/$$m.json || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) results .pytest_cache .ruff_cache .hypothesis

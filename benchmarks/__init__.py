@@ -1,0 +1,5 @@
+"""Speed comparisons against the real alternatives (scikit-learn, PyTorch CPU), side by side.
+
+Each ``python -m benchmarks.<name> [--quick] [--out FILE]`` prints a markdown table and writes
+JSON rows ``{case, ours_s, anchor, anchor_s, ratio, compile_s, agreement}`` (see DESIGN.md).
+"""

@@ -1,0 +1,46 @@
+"""The experiment registry: every study mljax reproduces, with its source report.
+
+``python -m experiments --list`` prints it; ``python -m experiments.reproduce`` runs it.
+Each entry's ``name`` is a module ``experiments/<name>.py`` following the protocol in
+:mod:`mljax.experiment`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from types import ModuleType
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentInfo:
+    """A registry entry.
+
+    Attributes:
+        name: module name under ``experiments`` (the contract: ``python -m experiments.<name>``).
+        seed_file: the source report in ``shared/seeds/``.
+        section: where in that report.
+        description: one line saying what the experiment shows.
+        spec: its entry in SPEC.md (e.g. ``"E1"``).
+    """
+
+    name: str
+    seed_file: str
+    section: str
+    description: str
+    spec: str = ""
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(f"experiments.{self.name}")
+
+
+# Add an entry here when an experiment module lands (keep the SPEC order).
+REGISTRY: tuple[ExperimentInfo, ...] = ()
+
+
+def get(name: str) -> ExperimentInfo:
+    for info in REGISTRY:
+        if info.name == name:
+            return info
+    known = ", ".join(i.name for i in REGISTRY) or "(none registered)"
+    raise ValueError(f"unknown experiment {name!r}; registered: {known}")

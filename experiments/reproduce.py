@@ -1,0 +1,146 @@
+"""Run every registered experiment and collect the results into one REPORT.md.
+
+Each experiment writes its own run directory under ``--out`` (``<out>/<name>/``); REPORT.md
+holds one table row per figure of the source reports, the seed's value beside ours
+(mean ± std over seeds). An experiment that cannot run (its dataset is not installed, say)
+gets a row that says why instead of stopping the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import experiments
+from mljax.config import parse
+from mljax.data.images import DatasetNotFoundError
+from mljax.experiment import ReportRow, execute, markdown_table
+from mljax.results import atomic_write_text
+
+NAME = "reproduce"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Run every registered experiment and write REPORT.md."""
+
+    quick: bool = False
+    """Run each experiment in its quick mode (the whole registry in a few minutes on 2 CPU cores)."""
+
+    out: str = "results/reproduce"
+    """Directory for REPORT.md and one sub-directory per experiment."""
+
+    only: tuple[str, ...] = ()
+    """Run only these experiments (registry names); default: all."""
+
+    seeds: int | None = None
+    """Override every experiment's number of seeds (default: each experiment's own)."""
+
+    quiet: bool = False
+    """Hide progress bars."""
+
+    def validate(self) -> None:
+        if self.seeds is not None and self.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
+        for name in self.only:
+            experiments.get(name)
+
+
+@dataclasses.dataclass
+class Outcome:
+    name: str
+    status: str  # "ok", "skipped" (cannot run here), "failed"
+    seconds: float
+    rows: list[ReportRow]
+    reason: str = ""
+
+
+def run_one(info: experiments.ExperimentInfo, config: Config) -> Outcome:
+    out_dir = Path(config.out) / info.name
+    start = time.perf_counter()
+    try:
+        module = info.load()
+        overrides = {"quick": config.quick, "out": str(out_dir), "quiet": config.quiet}
+        if config.seeds is not None:
+            overrides["seeds"] = config.seeds
+        exp_config = dataclasses.replace(module.Config(), **overrides)
+        metrics, _ = execute(module, exp_config)
+        rows = list(module.report_rows(metrics))
+        return Outcome(info.name, "ok", time.perf_counter() - start, rows)
+    except DatasetNotFoundError as e:
+        first = str(e).splitlines()[0]
+        return Outcome(info.name, "skipped", time.perf_counter() - start, [], first)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - one broken experiment must not hide the others
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "error.txt", traceback.format_exc())
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        return Outcome(info.name, "failed", time.perf_counter() - start, [], reason)
+
+
+def render(outcomes: Sequence[Outcome], config: Config, total_s: float) -> str:
+    lines = ["# mljax: reproduction report", ""]
+    mode = "quick" if config.quick else "full"
+    lines.append(f"Mode: **{mode}**; {len(outcomes)} experiment(s); total wall time {total_s:.1f} s.")
+    lines.append("Ours: mean ± std over seeds. Each experiment's own report.md, metrics.json and "
+                 "figures are in its sub-directory.")
+    lines.append("")
+    if not outcomes:
+        lines.append("No experiments are registered yet (see `python -m experiments --list`).")
+        return "\n".join(lines) + "\n"
+    lines += markdown_table(
+        ["experiment", "source", "status", "time (s)"],
+        [[o.name, f"{experiments.get(o.name).seed_file} {experiments.get(o.name).section}",
+          o.status if not o.reason else f"{o.status}: {o.reason}", f"{o.seconds:.1f}"]
+         for o in outcomes],
+    )
+    lines.append("")
+    table = []
+    for o in outcomes:
+        if o.status == "ok":
+            table += [[o.name, r.figure, r.seed_value, r.ours, r.note] for r in o.rows]
+        else:
+            table.append([o.name, "(not run)", "—", "—", f"{o.status}: {o.reason}"])
+    lines += markdown_table(["experiment", "figure", "source report", "ours", "note"], table)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse(Config, argv, prog="python -m experiments.reproduce",
+                       description=(__doc__ or "").strip())
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    infos = [i for i in experiments.REGISTRY if not config.only or i.name in config.only]
+    outcomes: list[Outcome] = []
+    start = time.perf_counter()
+    report_path = Path(config.out) / "REPORT.md"
+    try:
+        for info in infos:
+            print(f"[{len(outcomes) + 1}/{len(infos)}] {info.name} ...", flush=True)
+            outcome = run_one(info, config)
+            outcomes.append(outcome)
+            print(f"    {outcome.status} in {outcome.seconds:.1f} s"
+                  + (f": {outcome.reason}" if outcome.reason else ""), flush=True)
+            # Rewritten after every experiment: Ctrl-C keeps what is done so far.
+            atomic_write_text(report_path, render(outcomes, config, time.perf_counter() - start))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; partial report at {report_path}", file=sys.stderr)
+        return 130
+    atomic_write_text(report_path, render(outcomes, config, time.perf_counter() - start))
+    failed = [o.name for o in outcomes if o.status == "failed"]
+    print(f"report written to {report_path}")
+    if failed:
+        print(f"failed: {', '.join(failed)} (tracebacks in their error.txt)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

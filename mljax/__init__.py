@@ -1,0 +1,10 @@
+"""mljax: classic machine-learning course algorithms as fast, tested, pure JAX.
+
+Sub-packages:
+    mljax.data     toy generators, image datasets (IDX, CIFAR-10, TFDS), batching
+    mljax.results  run directories and atomic writes
+    mljax.plots    matplotlib (Agg) figures written as PNG
+    mljax.config   command lines generated from frozen dataclass configs
+"""
+
+__version__ = "0.1.0"

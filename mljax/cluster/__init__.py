@@ -1,0 +1,1 @@
+"""mljax.cluster."""

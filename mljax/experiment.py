@@ -1,0 +1,168 @@
+"""The experiment protocol: how a thin ``experiments/<name>.py`` module plugs into the runner.
+
+An experiment module defines:
+
+* ``NAME``: its registry name (``python -m experiments.<NAME>``);
+* ``Config``: a frozen dataclass deriving from :class:`mljax.config.CommonConfig`;
+* ``run(config, run_dir) -> dict``: does the work by calling tested library code, writes its
+  figures into ``run_dir`` and returns the metrics (JSON-able: see
+  :func:`mljax.results.to_jsonable`);
+* ``report_rows(metrics) -> list[ReportRow]``: one row per figure of the source report,
+  the seed's value beside ours;
+
+and ends with ``if __name__ == "__main__": raise SystemExit(cli_main(sys.modules[__name__]))``.
+
+:func:`execute` then writes ``config.json`` before the run and ``metrics.json`` and
+``report.md`` after it, each atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from mljax.config import parse
+from mljax.results import RunDir
+
+DEFAULT_RESULTS_DIR = "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportRow:
+    """One line of a report: a figure the source report gives, and ours beside it.
+
+    Attributes:
+        figure: what is measured, e.g. ``"k=4, GMM: adjusted Rand index"``.
+        seed_value: the source report's number as printed (``"—"`` where it gives none).
+        ours: our value, usually ``"mean ± std (n seeds)"``.
+        note: optional remark (agreement, why a value is absent).
+    """
+
+    figure: str
+    seed_value: str
+    ours: str
+    note: str = ""
+
+
+def summarize(values: Any) -> dict[str, float]:
+    """Mean, std (population, ddof=0), min, max and count of a sample, ignoring NaN.
+
+    Args:
+        values: any array-like of numbers, e.g. one metric per seed ``[seeds]``.
+    """
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        nan = float("nan")
+        return {"mean": nan, "std": nan, "min": nan, "max": nan, "n": 0}
+    return {
+        "mean": float(finite.mean()),
+        "std": float(finite.std()),
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+        "n": int(finite.size),
+    }
+
+
+def format_mean_std(mean: float | None, std: float | None = None, *, digits: int = 3) -> str:
+    """Formats ``mean ± std`` with ``digits`` significant digits (``"n/a"`` for missing)."""
+    if mean is None or not math.isfinite(mean):
+        return "n/a"
+    text = f"{mean:.{digits}g}"
+    if std is not None and math.isfinite(std):
+        text += f" ± {std:.{max(1, digits - 1)}g}"
+    return text
+
+
+def default_out_dir(name: str) -> Path:
+    return Path(os.environ.get("MLJAX_RESULTS_DIR", DEFAULT_RESULTS_DIR)) / name
+
+
+def render_report(title: str, rows: Sequence[ReportRow], *, preamble: str = "") -> str:
+    """Markdown for one experiment's ``report.md``."""
+    lines = [f"# {title}", ""]
+    if preamble:
+        lines += [preamble.strip(), ""]
+    lines += markdown_table(["figure", "source report", "ours", "note"],
+                            [[r.figure, r.seed_value, r.ours, r.note] for r in rows])
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A GitHub markdown table as a list of lines (``|`` inside cells is escaped)."""
+
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(cell(h) for h in header) + " |",
+           "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return out
+
+
+def _check_module(module: ModuleType) -> None:
+    missing = [a for a in ("NAME", "Config", "run", "report_rows") if not hasattr(module, a)]
+    if missing:
+        raise TypeError(f"experiment module {module.__name__} lacks {', '.join(missing)}")
+
+
+def execute(module: ModuleType, config: Any) -> tuple[dict[str, Any], RunDir]:
+    """Runs one experiment with a built config and writes its run directory.
+
+    Returns:
+        ``(metrics, run_dir)``. ``metrics`` also gets ``"wall_time_s"``.
+    """
+    _check_module(module)
+    if hasattr(config, "validate"):
+        config.validate()
+    out = config.out if getattr(config, "out", None) else default_out_dir(module.NAME)
+    run_dir = RunDir.create(out)
+    run_dir.write_config({"experiment": module.NAME, "config": config})
+    start = time.perf_counter()
+    metrics = dict(module.run(config, run_dir))
+    metrics["wall_time_s"] = time.perf_counter() - start
+    run_dir.write_metrics(metrics)
+    title = f"{module.NAME}: {(module.__doc__ or '').strip().splitlines()[0] if module.__doc__ else ''}"
+    run_dir.write_report(render_report(title.rstrip(": "), module.report_rows(metrics)))
+    return metrics, run_dir
+
+
+def cli_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m experiments.<name>``: parse, run, say where results are."""
+    _check_module(module)
+    doc = (module.__doc__ or "").strip()
+    try:
+        config = parse(module.Config, argv, prog=f"python -m experiments.{module.NAME}",
+                       description=doc or None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        metrics, run_dir = execute(module, config)
+    except KeyboardInterrupt:
+        print("\ninterrupted: files already written in the run directory are complete.",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{module.NAME}: finished in {metrics['wall_time_s']:.1f} s; "
+          f"report at {run_dir.file('report.md')}")
+    return 0
+
+
+def progress(iterable=None, *, total=None, desc=None, quiet=False, **kwargs):
+    """A tqdm progress bar that stays quiet with ``quiet=True`` and when stderr is no TTY."""
+    from tqdm.auto import tqdm
+
+    disable = quiet or os.environ.get("CI") == "true" or not sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, **kwargs)

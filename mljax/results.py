@@ -1,0 +1,148 @@
+"""Run directories and atomic result files.
+
+Every file a run produces is written atomically: the bytes go to a temporary file in the
+same directory, which is flushed, fsync'ed and then renamed over the destination. A rename
+within one file system is atomic on POSIX, so a reader (or a run interrupted by Ctrl-C or a
+crash) sees either the previous complete file or the new complete file, never a mixture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically (temporary file, fsync, rename).
+
+    Args:
+        path: destination file; its parent directory is created if missing.
+        data: the complete new contents.
+
+    Returns:
+        The destination as a ``Path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        # KeyboardInterrupt included: the old file stays, the partial temporary goes.
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Makes the rename itself durable (best effort; not every file system allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Writes UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def to_jsonable(value: Any) -> Any:
+    """Converts configs, JAX/NumPy arrays and scalars into plain JSON values.
+
+    Non-finite floats become ``None`` (JSON has no NaN); dataclasses become dicts;
+    arrays become (nested) lists.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "__array__") and not isinstance(value, (str, bytes)):
+        arr = np.asarray(value)
+        if arr.ndim == 0:
+            return to_jsonable(arr.item())
+        return [to_jsonable(v) for v in arr.tolist()]
+    if isinstance(value, (np.generic,)):
+        return to_jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any) -> Path:
+    """Writes ``value`` (see :func:`to_jsonable`) as indented JSON, atomically."""
+    text = json.dumps(to_jsonable(value), indent=2, sort_keys=False, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Reads a JSON file, raising ``ValueError`` that names the file if it is malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """The output directory of one experiment run.
+
+    Layout: ``config.json``, ``metrics.json``, ``report.md`` and PNG figures, all written
+    atomically.
+    """
+
+    path: Path
+
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> RunDir:
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"output directory {p} exists and is not a directory")
+        p.mkdir(parents=True, exist_ok=True)
+        return cls(p)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_config(self, config: Any) -> Path:
+        return atomic_write_json(self.file(CONFIG_FILE), config)
+
+    def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
+        return atomic_write_json(self.file(METRICS_FILE), metrics)
+
+    def write_report(self, text: str) -> Path:
+        return atomic_write_text(self.file(REPORT_FILE), text)
+
+    def read_metrics(self) -> Any:
+        return read_json(self.file(METRICS_FILE))
