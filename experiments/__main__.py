@@ -27,8 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not experiments.REGISTRY:
         print("no experiments registered")
         return 0
-    rows = [[i.name, i.spec, f"{i.seed_file} {i.section}", i.description]
-            for i in experiments.REGISTRY]
+    rows = [
+        [i.name, i.spec, f"{i.seed_file} {i.section}", i.description] for i in experiments.REGISTRY
+    ]
     print("\n".join(markdown_table(["name", "spec", "source report", "what it shows"], rows)))
     return 0
 

@@ -76,7 +76,7 @@ def run_one(info: experiments.ExperimentInfo, config: Config) -> Outcome:
         return Outcome(info.name, "skipped", time.perf_counter() - start, [], first)
     except KeyboardInterrupt:
         raise
-    except Exception as e:  # noqa: BLE001 - one broken experiment must not hide the others
+    except Exception as e:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "error.txt", traceback.format_exc())
         reason = f"{type(e).__name__}: {e}".splitlines()[0]
@@ -86,18 +86,28 @@ def run_one(info: experiments.ExperimentInfo, config: Config) -> Outcome:
 def render(outcomes: Sequence[Outcome], config: Config, total_s: float) -> str:
     lines = ["# mljax: reproduction report", ""]
     mode = "quick" if config.quick else "full"
-    lines.append(f"Mode: **{mode}**; {len(outcomes)} experiment(s); total wall time {total_s:.1f} s.")
-    lines.append("Ours: mean ± std over seeds. Each experiment's own report.md, metrics.json and "
-                 "figures are in its sub-directory.")
+    lines.append(
+        f"Mode: **{mode}**; {len(outcomes)} experiment(s); total wall time {total_s:.1f} s."
+    )
+    lines.append(
+        "Ours: mean ± std over seeds. Each experiment's own report.md, metrics.json and "
+        "figures are in its sub-directory."
+    )
     lines.append("")
     if not outcomes:
         lines.append("No experiments are registered yet (see `python -m experiments --list`).")
         return "\n".join(lines) + "\n"
     lines += markdown_table(
         ["experiment", "source", "status", "time (s)"],
-        [[o.name, f"{experiments.get(o.name).seed_file} {experiments.get(o.name).section}",
-          o.status if not o.reason else f"{o.status}: {o.reason}", f"{o.seconds:.1f}"]
-         for o in outcomes],
+        [
+            [
+                o.name,
+                f"{experiments.get(o.name).seed_file} {experiments.get(o.name).section}",
+                o.status if not o.reason else f"{o.status}: {o.reason}",
+                f"{o.seconds:.1f}",
+            ]
+            for o in outcomes
+        ],
     )
     lines.append("")
     table = []
@@ -112,8 +122,12 @@ def render(outcomes: Sequence[Outcome], config: Config, total_s: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        config = parse(Config, argv, prog="python -m experiments.reproduce",
-                       description=(__doc__ or "").strip())
+        config = parse(
+            Config,
+            argv,
+            prog="python -m experiments.reproduce",
+            description=(__doc__ or "").strip(),
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -126,8 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[{len(outcomes) + 1}/{len(infos)}] {info.name} ...", flush=True)
             outcome = run_one(info, config)
             outcomes.append(outcome)
-            print(f"    {outcome.status} in {outcome.seconds:.1f} s"
-                  + (f": {outcome.reason}" if outcome.reason else ""), flush=True)
+            print(
+                f"    {outcome.status} in {outcome.seconds:.1f} s"
+                + (f": {outcome.reason}" if outcome.reason else ""),
+                flush=True,
+            )
             # Rewritten after every experiment: Ctrl-C keeps what is done so far.
             atomic_write_text(report_path, render(outcomes, config, time.perf_counter() - start))
     except KeyboardInterrupt:

@@ -92,8 +92,10 @@ def render_report(title: str, rows: Sequence[ReportRow], *, preamble: str = "") 
     lines = [f"# {title}", ""]
     if preamble:
         lines += [preamble.strip(), ""]
-    lines += markdown_table(["figure", "source report", "ours", "note"],
-                            [[r.figure, r.seed_value, r.ours, r.note] for r in rows])
+    lines += markdown_table(
+        ["figure", "source report", "ours", "note"],
+        [[r.figure, r.seed_value, r.ours, r.note] for r in rows],
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -103,8 +105,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list
     def cell(v: Any) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
-    out = ["| " + " | ".join(cell(h) for h in header) + " |",
-           "|" + "|".join("---" for _ in header) + "|"]
+    out = [
+        "| " + " | ".join(cell(h) for h in header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
     out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return out
 
@@ -131,7 +135,9 @@ def execute(module: ModuleType, config: Any) -> tuple[dict[str, Any], RunDir]:
     metrics = dict(module.run(config, run_dir))
     metrics["wall_time_s"] = time.perf_counter() - start
     run_dir.write_metrics(metrics)
-    title = f"{module.NAME}: {(module.__doc__ or '').strip().splitlines()[0] if module.__doc__ else ''}"
+    title = (
+        f"{module.NAME}: {(module.__doc__ or '').strip().splitlines()[0] if module.__doc__ else ''}"
+    )
     run_dir.write_report(render_report(title.rstrip(": "), module.report_rows(metrics)))
     return metrics, run_dir
 
@@ -141,22 +147,30 @@ def cli_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
     _check_module(module)
     doc = (module.__doc__ or "").strip()
     try:
-        config = parse(module.Config, argv, prog=f"python -m experiments.{module.NAME}",
-                       description=doc or None)
+        config = parse(
+            module.Config,
+            argv,
+            prog=f"python -m experiments.{module.NAME}",
+            description=doc or None,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         metrics, run_dir = execute(module, config)
     except KeyboardInterrupt:
-        print("\ninterrupted: files already written in the run directory are complete.",
-              file=sys.stderr)
+        print(
+            "\ninterrupted: files already written in the run directory are complete.",
+            file=sys.stderr,
+        )
         return 130
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{module.NAME}: finished in {metrics['wall_time_s']:.1f} s; "
-          f"report at {run_dir.file('report.md')}")
+    print(
+        f"{module.NAME}: finished in {metrics['wall_time_s']:.1f} s; "
+        f"report at {run_dir.file('report.md')}"
+    )
     return 0
 
 

@@ -10,10 +10,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from mljax.results import atomic_write_bytes  # noqa: E402
+from mljax.results import atomic_write_bytes
 
 
 def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path:
@@ -55,7 +55,7 @@ def image_grid(ax, images, *, ncols: int | None = None, cmap="gray", pad: int = 
     scale = np.where(hi > lo, hi - lo, 1.0)
     shape = (1, 1, 1) if images.ndim == 4 else (1, 1)
     norm = (images - lo.reshape(-1, *shape)) / scale.reshape(-1, *shape)
-    canvas_shape = (nrows * (h + pad) - pad, ncols * (w + pad) - pad) + images.shape[3:]
+    canvas_shape = (nrows * (h + pad) - pad, ncols * (w + pad) - pad, *images.shape[3:])
     canvas = np.ones(canvas_shape)
     for i in range(n):
         r, c = divmod(i, ncols)

@@ -42,8 +42,9 @@ def _check_sizes(n: int, batch_size: int) -> None:
         raise ValueError(f"batch_size {batch_size} is larger than the number of examples {n}")
 
 
-def epoch_batches(key: jax.Array, n: int, batch_size: int, *, drop_remainder: bool = False
-                  ) -> EpochBatches:
+def epoch_batches(
+    key: jax.Array, n: int, batch_size: int, *, drop_remainder: bool = False
+) -> EpochBatches:
     """One epoch's batches from a seeded permutation; ``n`` and ``batch_size`` are static.
 
     Args:
@@ -76,8 +77,9 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(values * m) / (count * (values.size // max(mask.size, 1)))
 
 
-def train_val_split(n: int, val_size: int | float, *, seed: int = 0,
-                    labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def train_val_split(
+    n: int, val_size: int | float, *, seed: int = 0, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic split of ``range(n)`` into train and validation indices.
 
     Args:
@@ -99,8 +101,10 @@ def train_val_split(n: int, val_size: int | float, *, seed: int = 0,
     else:
         n_val = int(val_size)
     if not 1 <= n_val <= n - 1:
-        raise ValueError(f"val_size must leave at least one example on each side: got {n_val} "
-                         f"validation examples of {n}")
+        raise ValueError(
+            f"val_size must leave at least one example on each side: got {n_val} "
+            f"validation examples of {n}"
+        )
     rng = np.random.default_rng(seed)
     if labels is None:
         val = rng.permutation(n)[:n_val]
@@ -114,9 +118,12 @@ def train_val_split(n: int, val_size: int | float, *, seed: int = 0,
         alloc = np.floor(exact).astype(int)
         extra = n_val - alloc.sum()
         alloc[np.argsort(-(exact - alloc), kind="stable")[:extra]] += 1
-        val = np.concatenate([
-            rng.permutation(np.flatnonzero(labels == c))[:a] for c, a in zip(classes, alloc, strict=True)
-        ])
+        val = np.concatenate(
+            [
+                rng.permutation(np.flatnonzero(labels == c))[:a]
+                for c, a in zip(classes, alloc, strict=True)
+            ]
+        )
     val = np.sort(val)
     train = np.setdiff1d(np.arange(n), val)
     return train, val

@@ -34,10 +34,30 @@ DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "test")
 
 MNIST_CLASSES = tuple(str(i) for i in range(10))
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 class DatasetSpec(NamedTuple):
@@ -49,11 +69,15 @@ class DatasetSpec(NamedTuple):
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec("mnist", (28, 28, 1), MNIST_CLASSES, {"train": 60000, "test": 10000}, "idx"),
-    "fashion_mnist": DatasetSpec("fashion_mnist", (28, 28, 1), FASHION_MNIST_CLASSES,
-                                 {"train": 60000, "test": 10000}, "idx"),
-    "cifar10": DatasetSpec("cifar10", (32, 32, 3), CIFAR10_CLASSES, {"train": 50000, "test": 10000},
-                           "cifar"),
+    "mnist": DatasetSpec(
+        "mnist", (28, 28, 1), MNIST_CLASSES, {"train": 60000, "test": 10000}, "idx"
+    ),
+    "fashion_mnist": DatasetSpec(
+        "fashion_mnist", (28, 28, 1), FASHION_MNIST_CLASSES, {"train": 60000, "test": 10000}, "idx"
+    ),
+    "cifar10": DatasetSpec(
+        "cifar10", (32, 32, 3), CIFAR10_CLASSES, {"train": 50000, "test": 10000}, "cifar"
+    ),
 }
 
 
@@ -114,8 +138,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(data) < 4:
         raise ValueError(f"{path}: truncated IDX file ({len(data)} bytes, header needs 4)")
     if data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: wrong IDX magic number 0x{data[:4].hex()} "
-                         "(expected 0x0000 followed by a dtype code and a rank)")
+        raise ValueError(
+            f"{path}: wrong IDX magic number 0x{data[:4].hex()} "
+            "(expected 0x0000 followed by a dtype code and a rank)"
+        )
     code, ndim = data[2], data[3]
     if code not in _IDX_DTYPES:
         allowed = ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)
@@ -130,16 +156,24 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     expected = int(np.prod(shape)) * dtype.itemsize
     body = len(data) - header
     if body < expected:
-        raise ValueError(f"{path}: truncated IDX file: shape {shape} of {dtype} needs "
-                         f"{expected} data bytes, found {body}")
+        raise ValueError(
+            f"{path}: truncated IDX file: shape {shape} of {dtype} needs "
+            f"{expected} data bytes, found {body}"
+        )
     if body > expected:
-        raise ValueError(f"{path}: {body - expected} unexpected trailing bytes after IDX data "
-                         f"of shape {shape}")
+        raise ValueError(
+            f"{path}: {body - expected} unexpected trailing bytes after IDX data of shape {shape}"
+        )
     return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=header).reshape(shape)
 
 
 def _idx_file(directory: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for name in (
+        stem,
+        stem + ".gz",
+        stem.replace("-idx", ".idx"),
+        stem.replace("-idx", ".idx") + ".gz",
+    ):
         p = directory / name
         if p.is_file():
             return p
@@ -162,28 +196,46 @@ def _load_idx_split(directory: Path, spec: DatasetSpec, split: str) -> ImageData
     images = read_idx(img_path)
     labels = read_idx(lbl_path)
     if images.dtype != np.uint8 or labels.dtype != np.uint8:
-        raise ValueError(f"wrong dtype: {img_path} holds {images.dtype} and {lbl_path} holds "
-                         f"{labels.dtype}; (Fashion-)MNIST IDX files hold uint8 (code 0x08)")
+        raise ValueError(
+            f"wrong dtype: {img_path} holds {images.dtype} and {lbl_path} holds "
+            f"{labels.dtype}; (Fashion-)MNIST IDX files hold uint8 (code 0x08)"
+        )
     if images.ndim != 3:
-        raise ValueError(f"{img_path}: images must have 3 dimensions [n, h, w], got shape {images.shape}")
+        raise ValueError(
+            f"{img_path}: images must have 3 dimensions [n, h, w], got shape {images.shape}"
+        )
     if labels.ndim != 1:
         raise ValueError(f"{lbl_path}: labels must have 1 dimension [n], got shape {labels.shape}")
     return _validated(images[..., None], labels, spec, f"{img_path}", f"{lbl_path}", str(directory))
 
 
-def _validated(images: np.ndarray, labels: np.ndarray, spec: DatasetSpec, img_src: str,
-               lbl_src: str, source: str) -> ImageDataset:
+def _validated(
+    images: np.ndarray,
+    labels: np.ndarray,
+    spec: DatasetSpec,
+    img_src: str,
+    lbl_src: str,
+    source: str,
+) -> ImageDataset:
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"image/label count mismatch: {img_src} has {images.shape[0]} images, "
-                         f"{lbl_src} has {labels.shape[0]} labels")
+        raise ValueError(
+            f"image/label count mismatch: {img_src} has {images.shape[0]} images, "
+            f"{lbl_src} has {labels.shape[0]} labels"
+        )
     if tuple(images.shape[1:]) != spec.image_shape:
-        raise ValueError(f"{img_src}: {spec.name} images must be {spec.image_shape}, got "
-                         f"{tuple(images.shape[1:])}")
+        raise ValueError(
+            f"{img_src}: {spec.name} images must be {spec.image_shape}, got "
+            f"{tuple(images.shape[1:])}"
+        )
     labels = labels.astype(np.int32)
     if labels.size and (labels.min() < 0 or labels.max() >= len(spec.class_names)):
-        raise ValueError(f"{lbl_src}: labels must lie in [0, {len(spec.class_names) - 1}], found "
-                         f"range [{labels.min()}, {labels.max()}]")
-    return ImageDataset(np.ascontiguousarray(images, dtype=np.uint8), labels, spec.class_names, source)
+        raise ValueError(
+            f"{lbl_src}: labels must lie in [0, {len(spec.class_names) - 1}], found "
+            f"range [{labels.min()}, {labels.max()}]"
+        )
+    return ImageDataset(
+        np.ascontiguousarray(images, dtype=np.uint8), labels, spec.class_names, source
+    )
 
 
 # ----------------------------------------------------------------------------- CIFAR-10 files
@@ -196,9 +248,14 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Unpickles CIFAR batches: dicts, lists and NumPy arrays only, never arbitrary objects."""
 
     _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        # Protocol-2 pickles written by Python 3 store bytes through codecs.encode.
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module, name):
@@ -233,8 +290,9 @@ def read_cifar_python_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.nda
     if data.ndim != 2 or data.shape[1] != 3072:
         raise ValueError(f"{path}: 'data' must be [n, 3072], got shape {data.shape}")
     if labels.shape != (data.shape[0],):
-        raise ValueError(f"image/label count mismatch in {path}: {data.shape[0]} images, "
-                         f"{labels.size} labels")
+        raise ValueError(
+            f"image/label count mismatch in {path}: {data.shape[0]} images, {labels.size} labels"
+        )
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
@@ -243,8 +301,10 @@ def read_cifar_binary_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.nda
     path = Path(path)
     raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     if raw.size == 0 or raw.size % 3073:
-        raise ValueError(f"{path}: truncated CIFAR-10 binary batch: {raw.size} bytes is not a "
-                         "positive multiple of the 3073-byte record")
+        raise ValueError(
+            f"{path}: truncated CIFAR-10 binary batch: {raw.size} bytes is not a "
+            "positive multiple of the 3073-byte record"
+        )
     rec = raw.reshape(-1, 3073)
     return rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), rec[:, 0]
 
@@ -264,10 +324,18 @@ def _load_cifar_split(directory: Path, spec: DatasetSpec, split: str) -> ImageDa
             if meta.is_file():
                 names_raw = _unpickle(meta).get("label_names")
                 if names_raw is not None:
-                    class_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names_raw)
+                    class_names = tuple(
+                        n.decode() if isinstance(n, bytes) else str(n) for n in names_raw
+                    )
             spec = spec._replace(class_names=class_names)
-            return _validated(np.concatenate([p[0] for p in parts]),
-                              np.concatenate([p[1] for p in parts]), spec, str(d), str(d), str(d))
+            return _validated(
+                np.concatenate([p[0] for p in parts]),
+                np.concatenate([p[1] for p in parts]),
+                spec,
+                str(d),
+                str(d),
+                str(d),
+            )
     d = directory / "cifar-10-batches-bin"
     paths = [d / f"{n}.bin" for n in names]
     if any(p.is_file() for p in paths):
@@ -275,16 +343,23 @@ def _load_cifar_split(directory: Path, spec: DatasetSpec, split: str) -> ImageDa
         if missing:
             raise ValueError(f"incomplete CIFAR-10 directory {d}: missing {', '.join(missing)}")
         parts = [read_cifar_binary_batch(p) for p in paths]
-        return _validated(np.concatenate([p[0] for p in parts]),
-                          np.concatenate([p[1] for p in parts]), spec, str(d), str(d), str(d))
+        return _validated(
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            spec,
+            str(d),
+            str(d),
+            str(d),
+        )
     return None
 
 
 # ----------------------------------------------------------------------------- TFDS bridge
 
 
-def _load_tfds(spec: DatasetSpec, split: str, *, download: bool, tfds_data_dir: str | None
-               ) -> ImageDataset:
+def _load_tfds(
+    spec: DatasetSpec, split: str, *, download: bool, tfds_data_dir: str | None
+) -> ImageDataset:
     import tensorflow_datasets as tfds
 
     source = tfds.data_source(spec.name, split=split, download=download, data_dir=tfds_data_dir)
@@ -295,8 +370,9 @@ def _load_tfds(spec: DatasetSpec, split: str, *, download: bool, tfds_data_dir: 
         example = source[i]
         images[i] = example["image"]
         labels[i] = example["label"]
-    return _validated(images, labels, spec, f"tfds:{spec.name}", f"tfds:{spec.name}",
-                      f"tfds:{spec.name}")
+    return _validated(
+        images, labels, spec, f"tfds:{spec.name}", f"tfds:{spec.name}", f"tfds:{spec.name}"
+    )
 
 
 # ----------------------------------------------------------------------------- load()
@@ -320,16 +396,20 @@ def how_to_obtain(name: str) -> str:
     """Exact instructions for getting ``name`` onto this machine."""
     spec = DATASETS[name]
     if spec.file_format == "idx":
-        layout = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-                  "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz")
+        layout = (
+            "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+            "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"
+        )
     else:
-        layout = ("cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} "
-                  "(the extracted cifar-10-python.tar.gz)")
+        layout = (
+            "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} "
+            "(the extracted cifar-10-python.tar.gz)"
+        )
     lines = [f"How to obtain {name}:"]
     if name == "fashion_mnist":
         lines.append("  - Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist")
     lines += [
-        f"  - tensorflow-datasets, on a machine with internet: python -c \"import tensorflow_datasets "
+        f'  - tensorflow-datasets, on a machine with internet: python -c "import tensorflow_datasets '
         f"as tfds; tfds.data_source('{name}', download=True)\" (prepares ~/tensorflow_datasets/{name}; "
         "copy that directory here or set TFDS_DATA_DIR)",
         f"  - original files: put {layout} in $MLJAX_DATA_DIR/{name}/ or ~/.cache/mljax/{name}/, "
@@ -381,12 +461,14 @@ def load(
         return _load_tfds(spec, split, download=download, tfds_data_dir=tfds_data_dir)
     except ValueError:
         raise
-    except Exception as e:  # noqa: BLE001 - TFDS raises many types for "not there"
+    except Exception as e:
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         looked[-1] += f" -> {reason}"
     raise DatasetNotFoundError(
         f"dataset {name!r} (split {split!r}) was found nowhere. Looked in:\n"
-        + "\n".join(f"  - {p}" for p in looked) + "\n" + how_to_obtain(name)
+        + "\n".join(f"  - {p}" for p in looked)
+        + "\n"
+        + how_to_obtain(name)
     )
 
 

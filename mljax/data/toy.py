@@ -102,13 +102,16 @@ def _halves(n: int) -> int:
     return n // 2
 
 
-def circle(key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0) -> tuple[jax.Array, jax.Array]:
+def circle(
+    key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0
+) -> tuple[jax.Array, jax.Array]:
     """The Playground's ``circle`` set: ``(x [n, 2], y [n] in {-1, +1})``."""
     half = _halves(n)
     radius = 5.0
     kr1, kr2, ka, kn = jax.random.split(key, 4)
-    r = jnp.concatenate([_uniform(kr1, (half,), 0.0, radius * 0.5),
-                         _uniform(kr2, (half,), radius * 0.7, radius)])
+    r = jnp.concatenate(
+        [_uniform(kr1, (half,), 0.0, radius * 0.5), _uniform(kr2, (half,), radius * 0.7, radius)]
+    )
     angle = _uniform(ka, (n,), 0.0, 2 * math.pi)
     x = jnp.stack([r * jnp.sin(angle), r * jnp.cos(angle)], axis=1)
     noisy = x + _uniform(kn, (n, 2), -radius, radius) * noise
@@ -116,7 +119,9 @@ def circle(key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0) -> tupl
     return x, y
 
 
-def gauss(key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0) -> tuple[jax.Array, jax.Array]:
+def gauss(
+    key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0
+) -> tuple[jax.Array, jax.Array]:
     """The Playground's ``gauss`` set (two Gaussians): ``(x [n, 2], y [n] in {-1, +1})``."""
     half = _halves(n)
     variance = 0.5 + (4.0 - 0.5) * jnp.asarray(noise, jnp.float32) / 0.5
@@ -126,7 +131,9 @@ def gauss(key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0) -> tuple
     return x, y
 
 
-def xor(key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0) -> tuple[jax.Array, jax.Array]:
+def xor(
+    key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0
+) -> tuple[jax.Array, jax.Array]:
     """The Playground's ``xor`` set: ``(x [n, 2], y [n] in {-1, +1})``."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -138,7 +145,9 @@ def xor(key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0) -> tuple[j
     return x, y
 
 
-def spiral(key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0) -> tuple[jax.Array, jax.Array]:
+def spiral(
+    key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0
+) -> tuple[jax.Array, jax.Array]:
     """The Playground's two-arm ``spiral`` set: ``(x [n, 2], y [n] in {-1, +1})``."""
     half = _halves(n)
     i = jnp.arange(half, dtype=jnp.float32)
@@ -146,7 +155,10 @@ def spiral(key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0) -> tupl
     t = 1.75 * i / half * 2 * math.pi
     t = jnp.concatenate([t, t + math.pi])
     r = jnp.concatenate([r, r])
-    x = jnp.stack([r * jnp.sin(t), r * jnp.cos(t)], axis=1) + _uniform(key, (n, 2), -1.0, 1.0) * noise
+    x = (
+        jnp.stack([r * jnp.sin(t), r * jnp.cos(t)], axis=1)
+        + _uniform(key, (n, 2), -1.0, 1.0) * noise
+    )
     y = jnp.concatenate([jnp.ones(half), -jnp.ones(half)])
     return x, y
 
@@ -163,17 +175,26 @@ class PlaygroundSplit(NamedTuple):
     y_test: jax.Array
 
 
-def playground(name: str, key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0) -> tuple[jax.Array, jax.Array]:
+def playground(
+    name: str, key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0
+) -> tuple[jax.Array, jax.Array]:
     """Generates the Playground set ``name`` (one of :data:`PLAYGROUND_DATASETS`)."""
     if name not in _GENERATORS:
-        raise ValueError(f"unknown Playground dataset {name!r}; allowed: {', '.join(PLAYGROUND_DATASETS)}")
+        raise ValueError(
+            f"unknown Playground dataset {name!r}; allowed: {', '.join(PLAYGROUND_DATASETS)}"
+        )
     if isinstance(noise, (int, float)) and not 0.0 <= noise <= 0.5:
         raise ValueError(f"noise must lie in [0, 0.5] (the Playground's range), got {noise}")
     return _GENERATORS[name](key, n, noise)
 
 
-def playground_split(name: str, key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0,
-                     train_fraction: float = 0.7) -> PlaygroundSplit:
+def playground_split(
+    name: str,
+    key: jax.Array,
+    n: int = 500,
+    noise: float | jax.Array = 0.0,
+    train_fraction: float = 0.7,
+) -> PlaygroundSplit:
     """Generates a Playground set and splits it by a permutation drawn from ``key``.
 
     The split is deterministic given ``key``: the first ``round(train_fraction · n)`` points
@@ -207,8 +228,15 @@ def features(x: jax.Array, names: Sequence[str]) -> jax.Array:
     if x.shape[-1] != 2:
         raise ValueError(f"x must have 2 columns (x1, x2), got shape {x.shape}")
     x1, x2 = x[..., 0], x[..., 1]
-    table = {"x1": x1, "x2": x2, "x1^2": x1 * x1, "x2^2": x2 * x2, "x1*x2": x1 * x2,
-             "sin(x1)": jnp.sin(x1), "sin(x2)": jnp.sin(x2)}
+    table = {
+        "x1": x1,
+        "x2": x2,
+        "x1^2": x1 * x1,
+        "x2^2": x2 * x2,
+        "x1*x2": x1 * x2,
+        "sin(x1)": jnp.sin(x1),
+        "sin(x2)": jnp.sin(x2),
+    }
     return jnp.stack([table[n] for n in names], axis=-1)
 
 
@@ -221,19 +249,58 @@ SIGMOID_NET_WEIGHTS = {"w52": -3.0, "w53": 2.0, "w54": -10.0, "w21": 3.0, "w31":
 # The report's forward/backward table, as printed (3 significant digits).
 # a: pre-activations, z: activations, d: dLoss/da; loss 0.5 (z1 - t)^2.
 SIGMOID_NET_DELTA_TABLE = (
-    {"x": 0.0, "t": 0.5, "a1": -1.0, "a2": 0.0, "a3": 0.0, "a4": 0.0,
-     "z1": 0.269, "z2": 0.5, "z3": 0.5, "z4": 0.5,
-     "d1": -0.045, "d2": -0.034, "d3": 0.045, "d4": 0.011, "d5": 0.080},
-    {"x": 1.0, "t": 0.1, "a1": -3.38, "a2": -3.0, "a3": 2.0, "a4": -10.0,
-     "z1": 0.033, "z2": 0.047, "z3": 0.88, "z4": 4.5e-5,
-     "d1": -0.0021, "d2": -0.00029, "d3": 0.00090, "d4": 9.7e-8, "d5": 0.0027},
+    {
+        "x": 0.0,
+        "t": 0.5,
+        "a1": -1.0,
+        "a2": 0.0,
+        "a3": 0.0,
+        "a4": 0.0,
+        "z1": 0.269,
+        "z2": 0.5,
+        "z3": 0.5,
+        "z4": 0.5,
+        "d1": -0.045,
+        "d2": -0.034,
+        "d3": 0.045,
+        "d4": 0.011,
+        "d5": 0.080,
+    },
+    {
+        "x": 1.0,
+        "t": 0.1,
+        "a1": -3.38,
+        "a2": -3.0,
+        "a3": 2.0,
+        "a4": -10.0,
+        "z1": 0.033,
+        "z2": 0.047,
+        "z3": 0.88,
+        "z4": 4.5e-5,
+        "d1": -0.0021,
+        "d2": -0.00029,
+        "d3": 0.00090,
+        "d4": 9.7e-8,
+        "d5": 0.0027,
+    },
 )
 
 # Seed 002, Question 2 training set for the 1-3-1 sigmoid net (no biases, w ~ U(0, 1),
 # full-batch GD, lr 0.1, 1000 epochs, gradient summed over samples).
 SIGMOID_NET_TRAIN_X = (-3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
-SIGMOID_NET_TRAIN_Y = (0.7312, 0.7339, 0.7438, 0.7832, 0.8903, 0.9820, 0.8114, 0.5937, 0.5219,
-                       0.5049, 0.5002)
+SIGMOID_NET_TRAIN_Y = (
+    0.7312,
+    0.7339,
+    0.7438,
+    0.7832,
+    0.8903,
+    0.9820,
+    0.8114,
+    0.5937,
+    0.5219,
+    0.5049,
+    0.5002,
+)
 SIGMOID_NET_REPORTED_LOSS = {0: 0.01722, 900: 0.00661}  # mean of 0.5 err^2, by epoch
 
 
@@ -257,17 +324,23 @@ class TwoLayerToy(NamedTuple):
     correct_scores: np.ndarray
 
 
-TWOLAYER_TOY_CORRECT_SCORES = np.array([
-    [0.3644621, 0.22911264, 0.40642526],
-    [0.47590629, 0.17217039, 0.35192332],
-    [0.43035767, 0.26164229, 0.30800004],
-    [0.41583127, 0.2983228, 0.28584593],
-    [0.36328815, 0.32279939, 0.31391246],
-])
+TWOLAYER_TOY_CORRECT_SCORES = np.array(
+    [
+        [0.3644621, 0.22911264, 0.40642526],
+        [0.47590629, 0.17217039, 0.35192332],
+        [0.43035767, 0.26164229, 0.30800004],
+        [0.41583127, 0.2983228, 0.28584593],
+        [0.36328815, 0.32279939, 0.31391246],
+    ]
+)
 # The report's gradient check (manual vs numerical, max relative error per parameter) and
 # final SGD loss on the toy data.
-TWOLAYER_TOY_REPORTED_REL_ERR = {"W1": 6.257855e-09, "b1": 1.250659e-09, "W2": 3.440708e-09,
-                                 "b2": 3.865060e-11}
+TWOLAYER_TOY_REPORTED_REL_ERR = {
+    "W1": 6.257855e-09,
+    "b1": 1.250659e-09,
+    "W2": 3.440708e-09,
+    "b2": 3.865060e-11,
+}
 TWOLAYER_TOY_REPORTED_FINAL_LOSS = 0.01714960793873205
 
 
@@ -283,7 +356,12 @@ def twolayer_toy(dtype=np.float64) -> TwoLayerToy:
     w2 = 1e-1 * rs.randn(10, 3)
     x = 10 * np.random.RandomState(1).randn(5, 4)
     return TwoLayerToy(
-        x=x.astype(dtype), y=np.array([0, 1, 2, 2, 1], np.int32),
-        w1=w1.astype(dtype), b1=np.zeros(10, dtype), w2=w2.astype(dtype), b2=np.zeros(3, dtype),
-        reg=0.05, correct_scores=TWOLAYER_TOY_CORRECT_SCORES.astype(dtype),
+        x=x.astype(dtype),
+        y=np.array([0, 1, 2, 2, 1], np.int32),
+        w1=w1.astype(dtype),
+        b1=np.zeros(10, dtype),
+        w2=w2.astype(dtype),
+        b2=np.zeros(3, dtype),
+        reg=0.05,
+        correct_scores=TWOLAYER_TOY_CORRECT_SCORES.astype(dtype),
     )

@@ -1,0 +1,23 @@
+"""Shared test configuration."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never wait on a progress bar and never reach the network for datasets.
+os.environ.setdefault("CI", "true")
+os.environ.setdefault("TFDS_DISABLE_GCS", "1")
+
+import jax
+import pytest
+
+
+@pytest.fixture
+def x64():
+    """Enables 64-bit floats for one test (gradient and EM checks), then restores the setting."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)

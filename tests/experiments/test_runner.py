@@ -1,0 +1,173 @@
+"""The registry, the experiment protocol, `--help` of every experiment, and reproduce."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import types
+
+import pytest
+
+import experiments
+from experiments import reproduce
+from mljax.config import CommonConfig, parse
+from mljax.data.images import DatasetNotFoundError
+from mljax.experiment import ReportRow, execute, format_mean_std, summarize
+
+
+@pytest.mark.parametrize("info", experiments.REGISTRY, ids=lambda i: i.name)
+def test_help_works_for_every_registered_experiment(info):
+    out = subprocess.run(
+        [sys.executable, "-m", f"experiments.{info.name}", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    for option in ("--quick", "--out", "--seeds"):
+        assert option in out.stdout
+    module = info.load()
+    for field in dataclasses.fields(module.Config):
+        assert "--" + field.name.replace("_", "-") in out.stdout, f"{field.name} not in --help"
+
+
+def test_registry_entries_are_complete():
+    names = [i.name for i in experiments.REGISTRY]
+    assert len(names) == len(set(names))
+    for info in experiments.REGISTRY:
+        module = info.load()
+        assert module.NAME == info.name
+        assert info.seed_file and info.description
+        assert issubclass(module.Config, CommonConfig)
+
+
+def test_list_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments", "--list"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    for info in experiments.REGISTRY:
+        assert info.name in out.stdout
+    if not experiments.REGISTRY:
+        assert "no experiments registered" in out.stdout
+
+
+# ----------------------------------------------------------------------------- fake experiments
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeConfig(CommonConfig):
+    """A fake experiment's config."""
+
+    level: float = 0.5
+    """A level."""
+
+    def validate(self):
+        super().validate()
+        if not 0 <= self.level <= 1:
+            raise ValueError(f"--level must lie in [0, 1], got {self.level}")
+
+
+def make_module(name, behaviour):
+    m = types.ModuleType(f"experiments.{name}", f"Fake {name}.\n\nMore text.")
+    m.NAME = name
+    m.Config = FakeConfig
+
+    def run(config, run_dir):
+        if behaviour == "missing":
+            raise DatasetNotFoundError(
+                "dataset 'mnist' (split 'train') was found nowhere. Looked in:\n  - x"
+            )
+        if behaviour == "crash":
+            raise RuntimeError("boom")
+        return {"value": summarize([config.level, config.level + 0.1 * config.seeds])}
+
+    m.run = run
+    m.report_rows = lambda metrics: [
+        ReportRow(
+            "value", "0.5", format_mean_std(metrics["value"]["mean"], metrics["value"]["std"])
+        )
+    ]
+    return m
+
+
+@pytest.fixture
+def fake_registry(monkeypatch):
+    mods = {
+        n: make_module(n, b) for n, b in [("good", "ok"), ("nodata", "missing"), ("bad", "crash")]
+    }
+    registry = tuple(experiments.ExperimentInfo(n, "999_x.txt", "§1", f"fake {n}") for n in mods)
+    monkeypatch.setattr(experiments, "REGISTRY", registry)
+    for n, m in mods.items():
+        monkeypatch.setitem(sys.modules, f"experiments.{n}", m)
+    return mods
+
+
+def test_execute_writes_config_metrics_report(tmp_path, fake_registry):
+    cfg = FakeConfig(out=str(tmp_path / "good"), seeds=2, level=0.25)
+    metrics, _run_dir = execute(fake_registry["good"], cfg)
+    assert metrics["value"]["mean"] == pytest.approx(0.35)  # mean of 0.25 and 0.45
+    cfg_json = (tmp_path / "good" / "config.json").read_text()
+    assert '"level": 0.25' in cfg_json and '"experiment": "good"' in cfg_json
+    report = (tmp_path / "good" / "report.md").read_text()
+    assert report.startswith("# good: Fake good.")
+    assert "| value | 0.5 | 0.35 ± 0.1 |" in report
+
+
+def test_config_validation_is_a_value_error():
+    with pytest.raises(ValueError, match=r"--level must lie in \[0, 1\], got 2.0"):
+        parse(FakeConfig, ["--level", "2"])
+    with pytest.raises(ValueError, match="--seeds must be >= 1, got 0"):
+        parse(FakeConfig, ["--seeds", "0"])
+
+
+def test_reproduce_reports_every_outcome(tmp_path, fake_registry, capsys):
+    code = reproduce.main(["--quick", "--out", str(tmp_path)])
+    assert code == 1  # one experiment crashed
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "Mode: **quick**; 3 experiment(s)" in text
+    assert "| good | value | 0.5 |" in text
+    assert "skipped: dataset 'mnist' (split 'train') was found nowhere" in text
+    assert "failed: RuntimeError: boom" in text
+    assert "boom" in (tmp_path / "bad" / "error.txt").read_text()
+    assert (tmp_path / "good" / "metrics.json").exists()
+
+
+def test_reproduce_only_and_unknown(tmp_path, fake_registry):
+    assert reproduce.main(["--out", str(tmp_path), "--only", "good", "--seeds", "3"]) == 0
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "Mode: **full**; 1 experiment(s)" in text and "nodata" not in text
+    assert '"seeds": 3' in (tmp_path / "good" / "config.json").read_text()
+    assert reproduce.main(["--out", str(tmp_path), "--only", "nope"]) == 2
+
+
+def test_reproduce_with_an_empty_registry(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "REGISTRY", ())
+    assert reproduce.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert "No experiments are registered yet" in (tmp_path / "REPORT.md").read_text()
+
+
+def test_reproduce_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.reproduce", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0
+    for option in ("--quick", "--out", "--only", "--seeds"):
+        assert option in out.stdout
+
+
+def test_summarize_and_format():
+    s = summarize([1.0, 2.0, float("nan"), 3.0])
+    assert s == {
+        "mean": 2.0,
+        "std": pytest.approx(0.816496580927726),
+        "min": 1.0,
+        "max": 3.0,
+        "n": 3,
+    }
+    assert format_mean_std(0.53812, 0.01234) == "0.538 ± 0.012"
+    assert format_mean_std(float("nan")) == "n/a"

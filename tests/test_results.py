@@ -1,0 +1,137 @@
+"""Atomic writes and run directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mljax import results
+from mljax.results import RunDir, atomic_write_json, atomic_write_text, to_jsonable
+
+
+class HalfWriter:
+    """Wraps a file object so that a write stops half-way with a KeyboardInterrupt."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        self.f.write(data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_interrupted_write_keeps_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    atomic_write_json(target, {"accuracy": 0.9})
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(results.os, "fdopen", lambda *a, **k: HalfWriter(real_fdopen(*a, **k)))
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_json(target, {"accuracy": 0.1, "padding": "x" * 10000})
+    assert json.loads(target.read_text()) == {"accuracy": 0.9}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temporary left
+
+
+def test_failed_rename_keeps_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "report.md"
+    atomic_write_text(target, "old")
+
+    def boom(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(results.os, "replace", boom)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_killed_writer_process_never_leaves_a_partial_file(tmp_path):
+    """A process SIGKILLed while rewriting a file over and over leaves a complete version."""
+    target = tmp_path / "big.json"
+    code = textwrap.dedent(f"""
+        import itertools, sys
+        from mljax.results import atomic_write_json
+        for i in itertools.count():
+            atomic_write_json({str(target)!r}, {{"i": i, "data": list(range(200000))}})
+            if i == 0:
+                print("ready", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    value = json.loads(target.read_text())  # parses: complete
+    assert value["data"][-1] == 199999
+
+
+def test_to_jsonable_arrays_nan_and_dataclasses():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class C:
+        lr: float = 0.1
+        sizes: tuple = (1, 2)
+
+    out = to_jsonable(
+        {
+            "a": jnp.arange(3),
+            "b": np.float32(1.5),
+            "c": float("nan"),
+            "cfg": C(),
+            "d": np.array([1.0, np.inf]),
+        }
+    )
+    assert out == {
+        "a": [0, 1, 2],
+        "b": 1.5,
+        "c": None,
+        "cfg": {"lr": 0.1, "sizes": [1, 2]},
+        "d": [1.0, None],
+    }
+    assert json.loads(json.dumps(out)) == out
+
+
+def test_run_dir_files(tmp_path):
+    rd = RunDir.create(tmp_path / "run")
+    rd.write_config({"x": 1})
+    rd.write_metrics({"m": np.float64(2.0)})
+    rd.write_report("# hi\n")
+    assert rd.read_metrics() == {"m": 2.0}
+    assert (tmp_path / "run" / "config.json").exists() and (tmp_path / "run" / "report.md").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        RunDir.create(tmp_path / "file")
+
+
+def test_save_figure_writes_png(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from mljax.plots import curve_with_band, image_grid, save_figure
+
+    fig, (a, b) = plt.subplots(1, 2)
+    curve_with_band(a, np.arange(5), np.random.default_rng(0).normal(size=(3, 5)))
+    canvas = image_grid(b, np.random.default_rng(0).random((5, 4, 4)), ncols=3)
+    assert canvas.shape == (2 * 5 - 1, 3 * 5 - 1)
+    p = save_figure(fig, tmp_path / "f.png")
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"must end in \.png"):
+        save_figure(plt.figure(), tmp_path / "f.jpg")
