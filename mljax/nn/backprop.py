@@ -126,7 +126,9 @@ def _conv_geometry(layer: Conv, in_hw: Sequence[int], out_hw: Sequence[int]):
     """Per spatial axis: (pad_lo, pad_hi, r) with r the padded rows the last window never reaches."""
     pads = lax.padtype_to_pads(tuple(in_hw), layer.kernel_size, layer.strides, layer.padding)
     geometry = []
-    for n, k, s, (lo, hi), o in zip(in_hw, layer.kernel_size, layer.strides, pads, out_hw):
+    for n, k, s, (lo, hi), o in zip(
+        in_hw, layer.kernel_size, layer.strides, pads, out_hw, strict=True
+    ):
         geometry.append((lo, hi, n + lo + hi - k - (o - 1) * s))
     return geometry
 
@@ -164,7 +166,10 @@ def conv_backward_input(g: jax.Array, kernel: jax.Array, layer: Conv, in_hw: Seq
     trailing padded rows no window reached are restored, giving pads (k-1-lo, k-1-hi+r).
     """
     geometry = _conv_geometry(layer, in_hw, g.shape[1:3])
-    padding = [(k - 1 - lo, k - 1 - hi + r) for k, (lo, hi, r) in zip(layer.kernel_size, geometry)]
+    padding = [
+        (k - 1 - lo, k - 1 - hi + r)
+        for k, (lo, hi, r) in zip(layer.kernel_size, geometry, strict=True)
+    ]
     return lax.conv_general_dilated(
         g,
         kernel[::-1, ::-1],
@@ -412,9 +417,9 @@ def _prepare_targets(loss: str, y, out_shape):
 
 
 def _check_penalty(value, name):
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite value >= 0, got {value!r}")
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if is_number and (not math.isfinite(value) or value < 0):
+        raise ValueError(f"{name} must be a finite value >= 0, got {value!r}")
 
 
 def _is_literal_zero(value) -> bool:
