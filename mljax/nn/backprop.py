@@ -546,7 +546,7 @@ def grads(
     for i in range(len(layers) - 1, stop - 1, -1):
         layer, name = layers[i], layer_name(i)
         deltas[i] = g
-        need_dx = i > 0 or input_grad
+        need_dx = i > stop or input_grad  # nothing below `stop` needs dx
         a_in, a_out = acts[i], acts[i + 1]
         if isinstance(layer, Dense):
             dw, db, g = dense_backward(a_in, params[name]["kernel"], g, need_dx)
