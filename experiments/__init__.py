@@ -35,7 +35,16 @@ class ExperimentInfo:
 
 
 # Add an entry here when an experiment module lands (keep the SPEC order).
-REGISTRY: tuple[ExperimentInfo, ...] = ()
+REGISTRY: tuple[ExperimentInfo, ...] = (
+    ExperimentInfo(
+        name="sigmoid_net",
+        seed_file="002_427b848819f7c5b5.txt",
+        section="Question 2",
+        description="δ table of the 5-neuron sigmoid net; 1-3-1 net trained over seeds; "
+        "the report's swapped backward_pass call caught by the gradient check",
+        spec="E2",
+    ),
+)
 
 
 def get(name: str) -> ExperimentInfo:
