@@ -234,7 +234,7 @@ def max_pool_backward(x: jax.Array, y: jax.Array, g: jax.Array, layer: MaxPool) 
 
     Args:
         x: Pool input [n, h, w, c].
-        y: Pool output [n, oh, ow, c] (the window maxima, from the forward pass).
+        y: Pool output [n, oh, ow, c] (only its shape is used: the maxima are re-derived).
         g: dLoss/dy [n, oh, ow, c].
         layer: The MaxPool spec.
 
@@ -244,16 +244,23 @@ def max_pool_backward(x: jax.Array, y: jax.Array, g: jax.Array, layer: MaxPool) 
     (lo_h, hi_h), (lo_w, hi_w) = _pool_pads(layer, x.shape[1:3])
     xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)), constant_values=-jnp.inf)
     out_hw = y.shape[1:3]
-    taken = jnp.zeros(y.shape, bool)
+    # The winner is found by a running strict-greater scan over the window offsets instead of
+    # comparing with the forward's y: under jit XLA may recompute x in another fusion with
+    # different rounding, so equality with y is not reliable, and the scan also fixes ties to
+    # the first maximum in row-major order and routes each window's gradient exactly once.
+    offsets = [(p, q) for p in range(layer.window[0]) for q in range(layer.window[1])]
+    best = _window_slice(xp, layer, 0, 0, out_hw)
+    winner = jnp.zeros(y.shape, jnp.int32)
+    for k, (p, q) in enumerate(offsets[1:], start=1):
+        candidate = _window_slice(xp, layer, p, q, out_hw)
+        better = candidate > best
+        best = jnp.where(better, candidate, best)
+        winner = jnp.where(better, k, winner)
     zero = jnp.zeros((), g.dtype)
-    pieces = []
-    for p in range(layer.window[0]):
-        row = []
-        for q in range(layer.window[1]):
-            hit = (_window_slice(xp, layer, p, q, out_hw) == y) & ~taken
-            taken = taken | hit
-            row.append(jnp.where(hit, g, zero))
-        pieces.append(row)
+    pieces = [
+        [jnp.where(winner == p * layer.window[1] + q, g, zero) for q in range(layer.window[1])]
+        for p in range(layer.window[0])
+    ]
     dxp = _scatter_windows(pieces, layer, xp.shape[1:3], out_hw)
     return dxp[:, lo_h : lo_h + x.shape[1], lo_w : lo_w + x.shape[2]]
 

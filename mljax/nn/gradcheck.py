@@ -133,8 +133,14 @@ def compare_trees(
     title: str = "",
     tiny: float = 1e-30,
     elementwise: bool = False,
+    tree_floor: float = 0.0,
 ) -> GradCheckTable:
     """Compare two gradient trees (e.g. manual vs jax.grad) leaf by leaf.
+
+    ``tree_floor`` > 0 raises each leaf's denominator to at least tree_floor × the largest
+    |a| + |b| over the whole tree: a leaf whose gradient is zero up to rounding (a bias right
+    before a batch norm) then reports its rounding noise relative to the tree's scale instead
+    of ~1. The default 0 is the plain per-leaf formula.
 
     Args:
         a: Gradient tree.
@@ -152,20 +158,28 @@ def compare_trees(
             f"gradient trees differ in structure: {jax.tree.structure(a)} vs "
             f"{jax.tree.structure(b)}"
         )
-    rows = []
+    pairs = []
     for (name, la), (_, lb) in zip(_named_leaves(a), _named_leaves(b), strict=True):
         la, lb = np.asarray(la, np.float64), np.asarray(lb, np.float64)
         if la.shape != lb.shape:
             raise ValueError(f"leaf {name}: shapes differ, {la.shape} vs {lb.shape}")
-        rows.append(
-            GradCheckRow(
-                _rename(name, names),
-                la.shape,
-                la.size,
-                float(np.max(np.abs(la - lb), initial=0.0)),
-                relative_error(la, lb, tiny=tiny, elementwise=elementwise),
-            )
+        pairs.append((name, la, lb))
+    if not tree_floor >= 0:
+        raise ValueError(f"tree_floor must be >= 0, got {tree_floor!r}")
+    scale = max(
+        (float(np.max(np.abs(la) + np.abs(lb), initial=0.0)) for _, la, lb in pairs), default=0.0
+    )
+    floor = max(tiny, tree_floor * scale)
+    rows = [
+        GradCheckRow(
+            _rename(name, names),
+            la.shape,
+            la.size,
+            float(np.max(np.abs(la - lb), initial=0.0)),
+            relative_error(la, lb, tiny=floor, elementwise=elementwise),
         )
+        for name, la, lb in pairs
+    ]
     return GradCheckTable(tuple(rows), title)
 
 
