@@ -215,7 +215,7 @@ def test_penalties_match_jax_grad(l1, l2):
 # ----------------------------------------------------------------------------- hypothesis shapes
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     n=st.integers(1, 3),
     hw=st.tuples(st.integers(3, 8), st.integers(3, 8)),
