@@ -44,6 +44,14 @@ REGISTRY: tuple[ExperimentInfo, ...] = (
         "the report's swapped backward_pass call caught by the gradient check",
         spec="E2",
     ),
+    ExperimentInfo(
+        name="gradcheck",
+        seed_file="001_d113d5d4bcc95e56.txt",
+        section="gradient check (and seeds 000, 002, 003, 004 models)",
+        description="manual backprop vs jax.grad vs central differences, every seed model "
+        "and parameter leaf, float64",
+        spec="E3, E4",
+    ),
 )
 
 
