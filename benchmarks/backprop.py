@@ -47,8 +47,8 @@ class Config:
     steps: int = 20
     """Steps per timed block."""
 
-    repeats: int = 5
-    """Timed blocks; the median block time / steps is reported."""
+    repeats: int = 7
+    """Timed blocks per function (alternating ours / anchor); the median is reported."""
 
     models: tuple[str, ...] = ("mlp_c", "cnn_d")
     """Which models to time: mlp_c (784-256-256-10) and/or cnn_d (the conv net (d))."""
@@ -102,18 +102,24 @@ def compile_timed(fn, *args):
     return compiled, time.perf_counter() - start
 
 
-def time_steps(step, params, *, steps: int, repeats: int) -> float:
-    """Median seconds per step over ``repeats`` blocks of ``steps`` chained steps."""
-    params = jax.block_until_ready(step(params))  # warm-up
-    times = []
+def time_steps(steps_fns, params, *, steps: int, repeats: int) -> list[float]:
+    """Median seconds per step of each function over ``repeats`` blocks of ``steps`` steps.
+
+    The blocks of the functions alternate, so that a load change on a shared machine hits
+    all of them alike.
+    """
+    for step in steps_fns:
+        jax.block_until_ready(step(params))  # warm-up
+    times: list[list[float]] = [[] for _ in steps_fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        p = params
-        for _ in range(steps):
-            p = step(p)
-        jax.block_until_ready(p)
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
+        for i, step in enumerate(steps_fns):
+            start = time.perf_counter()
+            p = params
+            for _ in range(steps):
+                p = step(p)
+            jax.block_until_ready(p)
+            times[i].append((time.perf_counter() - start) / steps)
+    return [statistics.median(t) for t in times]
 
 
 def max_relative_error(a, b) -> float:
@@ -136,8 +142,9 @@ def bench_model(name: str, config: Config) -> dict:
     manual, manual_compile = compile_timed(manual_step, params)
     anchor, anchor_compile = compile_timed(autodiff_step, params)
     agreement = max_relative_error(jax.jit(manual_grad)(params), jax.jit(autodiff_grad)(params))
-    ours_s = time_steps(manual, params, steps=config.steps, repeats=config.repeats)
-    anchor_s = time_steps(anchor, params, steps=config.steps, repeats=config.repeats)
+    ours_s, anchor_s = time_steps(
+        [manual, anchor], params, steps=config.steps, repeats=config.repeats
+    )
     return {
         "case": f"seed004 {name}, batch {config.batch}, SGD step",
         "ours_s": ours_s,
