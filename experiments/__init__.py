@@ -35,7 +35,24 @@ class ExperimentInfo:
 
 
 # Add an entry here when an experiment module lands (keep the SPEC order).
-REGISTRY: tuple[ExperimentInfo, ...] = ()
+REGISTRY: tuple[ExperimentInfo, ...] = (
+    ExperimentInfo(
+        name="sigmoid_net",
+        seed_file="002_427b848819f7c5b5.txt",
+        section="Question 2",
+        description="δ table of the 5-neuron sigmoid net; 1-3-1 net trained over seeds; "
+        "the report's swapped backward_pass call caught by the gradient check",
+        spec="E2",
+    ),
+    ExperimentInfo(
+        name="gradcheck",
+        seed_file="001_d113d5d4bcc95e56.txt",
+        section="gradient check (and seeds 000, 002, 003, 004 models)",
+        description="manual backprop vs jax.grad vs central differences, every seed model "
+        "and parameter leaf, float64",
+        spec="E3, E4",
+    ),
+)
 
 
 def get(name: str) -> ExperimentInfo:
