@@ -1,0 +1,433 @@
+"""Layer vocabulary shared by the flax model (`LayerStack`) and the manual backprop engine.
+
+A network is a tuple of frozen layer specs applied in order to an input with a leading batch
+axis ([n, d] for dense stacks, [n, h, w, c] NHWC for convolutional ones):
+
+    Dense(f):            y = x W + b,                  W [d, f], b [f] (acts on the last axis)
+    Conv(f, k, s, pad):  y = x ⋆ W + b,                W [kh, kw, c, f] (HWIO), cross-correlation
+    MaxPool(k, s, pad):  y[i, j] = max over the window at (i·s, j·s) (padding counts as -inf)
+    AvgPool(k, s, pad):  y[i, j] = (1 / (kh·kw)) Σ window (padding counts as 0, and is counted)
+    Flatten():           [n, ...] -> [n, prod(...)] (row-major, as jnp.reshape)
+    Activation(name):    relu, sigmoid, tanh or identity, elementwise
+    Dropout(rate):       train: y = x · keep / (1 - rate), keep ~ Bernoulli(1 - rate); eval: y = x
+    BatchNorm(m, eps):   train: y = γ (x - μ_B) / sqrt(σ²_B + eps) + β over all axes but the last;
+                         running stats updated as r ← m·r + (1 - m)·batch stat; eval uses r.
+
+Padding follows `lax`: "VALID" keeps only full windows, out = ceil((n - k + 1) / s);
+"SAME" gives out = ceil(n / s) and pads (total // 2) before, the rest after.
+
+`LayerStack(layers)` is the flax.linen module. Each parametrised layer i (Dense, Conv,
+BatchNorm) is the submodule named ``layer_{i}`` with i the index in the tuple, so
+``variables["params"][f"layer_{i}"]`` holds ``kernel``/``bias`` (Dense, Conv) or
+``scale``/``bias`` (BatchNorm) and ``variables["batch_stats"][f"layer_{i}"]`` holds
+``mean``/``var``. The manual engine in `mljax.nn.backprop` walks the same tuple and tree.
+
+Dropout masks: `dropout_masks(key, layers, input_shape)` is the one pure function that draws
+them, as a tuple aligned with ``layers`` (boolean keep-mask of the layer's input shape for each
+Dropout with rate > 0, None elsewhere). `LayerStack` takes ``masks=`` explicitly; in train mode
+without explicit masks it calls `dropout_masks` with ``self.make_rng("dropout")``. To get the
+same masks in `jax.grad` of the flax model and in the manual engine, draw them once and pass the
+same tuple to both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
+PADDINGS = ("SAME", "VALID")
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    """Validate a 2-tuple of positive ints (an int is broadcast to both axes)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        pair = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if len(pair) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair
+    ):
+        raise ValueError(f"{name} must be a pair of positive ints, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _padding(value) -> str:
+    if not isinstance(value, str) or value.upper() not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {value!r}")
+    return value.upper()
+
+
+def _out_len(n: int, k: int, s: int, padding: str) -> int:
+    if padding == "SAME":
+        return -(-n // s)
+    return -(-(n - k + 1) // s) if n >= k else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    """Fully connected layer on the last axis: y = x W + b.
+
+    Attributes:
+        features: Output width f (W is [d, f]).
+        use_bias: Whether to add b [f].
+        kernel_init: Optional flax initializer for W (default: flax's lecun_normal).
+    """
+
+    features: int
+    use_bias: bool = True
+    kernel_init: Callable | None = None
+
+    def __post_init__(self):
+        if (
+            not isinstance(self.features, int)
+            or isinstance(self.features, bool)
+            or (self.features < 1)
+        ):
+            raise ValueError(f"Dense.features must be a positive int, got {self.features!r}")
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*shape[:-1], self.features)
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+    """2-D convolution (cross-correlation) on NHWC inputs with an HWIO kernel, as flax.
+
+    Attributes:
+        features: Output channels f (W is [kh, kw, c, f]).
+        kernel_size: (kh, kw).
+        strides: (sh, sw).
+        padding: "SAME" or "VALID" (lax semantics).
+        use_bias: Whether to add b [f].
+        kernel_init: Optional flax initializer for W (default: flax's lecun_normal).
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (1, 1)
+    padding: str = "SAME"
+    use_bias: bool = True
+    kernel_init: Callable | None = None
+
+    def __post_init__(self):
+        if (
+            not isinstance(self.features, int)
+            or isinstance(self.features, bool)
+            or (self.features < 1)
+        ):
+            raise ValueError(f"Conv.features must be a positive int, got {self.features!r}")
+        object.__setattr__(self, "kernel_size", _pair(self.kernel_size, "Conv.kernel_size"))
+        object.__setattr__(self, "strides", _pair(self.strides, "Conv.strides"))
+        object.__setattr__(self, "padding", _padding(self.padding))
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        _check_rank(shape, 4, "Conv")
+        n, h, w, _ = shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        return (
+            n,
+            _out_len(h, kh, sh, self.padding),
+            _out_len(w, kw, sw, self.padding),
+            self.features,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pool:
+    window: tuple[int, int] = (2, 2)
+    strides: tuple[int, int] | None = None
+    padding: str = "VALID"
+
+    def __post_init__(self):
+        kind = type(self).__name__
+        object.__setattr__(self, "window", _pair(self.window, f"{kind}.window"))
+        strides = self.window if self.strides is None else self.strides
+        object.__setattr__(self, "strides", _pair(strides, f"{kind}.strides"))
+        object.__setattr__(self, "padding", _padding(self.padding))
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        _check_rank(shape, 4, type(self).__name__)
+        n, h, w, c = shape
+        (kh, kw), (sh, sw) = self.window, self.strides
+        return (n, _out_len(h, kh, sh, self.padding), _out_len(w, kw, sw, self.padding), c)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxPool(_Pool):
+    """Max pooling over (h, w) windows of an NHWC input; strides default to the window."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AvgPool(_Pool):
+    """Average pooling over (h, w) windows; SAME padding counts padded zeros (flax default)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Flatten:
+    """Reshape [n, ...] to [n, prod(...)] in row-major order."""
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[0], math.prod(shape[1:]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """Elementwise nonlinearity; name in ("relu", "sigmoid", "tanh", "identity")."""
+
+    name: str
+
+    def __post_init__(self):
+        if self.name not in ACTIVATIONS:
+            raise ValueError(f"Activation.name must be one of {ACTIVATIONS}, got {self.name!r}")
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropout:
+    """Inverted dropout: in training y = x · keep / (1 - rate), identity in evaluation."""
+
+    rate: float
+
+    def __post_init__(self):
+        if isinstance(self.rate, bool) or not isinstance(self.rate, int | float):
+            raise ValueError(f"Dropout.rate must be a float in [0, 1), got {self.rate!r}")
+        if not 0.0 <= float(self.rate) < 1.0:
+            raise ValueError(f"Dropout.rate must be in [0, 1), got {self.rate!r}")
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNorm:
+    """Batch normalisation over all axes but the last (features), with scale γ and bias β.
+
+    Attributes:
+        momentum: Running-average factor m in r ← m·r + (1 - m)·batch statistic, in [0, 1).
+        epsilon: Added to the variance, > 0.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.momentum) < 1.0:
+            raise ValueError(f"BatchNorm.momentum must be in [0, 1), got {self.momentum!r}")
+        if not float(self.epsilon) > 0.0:
+            raise ValueError(f"BatchNorm.epsilon must be > 0, got {self.epsilon!r}")
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+
+Layer = Dense | Conv | MaxPool | AvgPool | Flatten | Activation | Dropout | BatchNorm
+LAYER_TYPES = (Dense, Conv, MaxPool, AvgPool, Flatten, Activation, Dropout, BatchNorm)
+PARAM_LAYERS = (Dense, Conv, BatchNorm)
+
+
+def _check_rank(shape, rank: int, kind: str) -> None:
+    if len(shape) != rank:
+        raise ValueError(f"{kind} needs a rank-{rank} input (NHWC), got shape {tuple(shape)}")
+
+
+def validate_layers(layers: Sequence[Any]) -> tuple[Layer, ...]:
+    """Return ``layers`` as a tuple, raising ValueError if an entry is not a layer spec."""
+    if isinstance(layers, LAYER_TYPES):
+        raise ValueError("layers must be a sequence of layer specs, got a single layer")
+    try:
+        layers = tuple(layers)
+    except TypeError:
+        raise ValueError(f"layers must be a sequence of layer specs, got {layers!r}") from None
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, LAYER_TYPES):
+            names = ", ".join(t.__name__ for t in LAYER_TYPES)
+            raise ValueError(f"layers[{i}] must be one of {names}; got {layer!r}")
+    return layers
+
+
+def layer_name(i: int) -> str:
+    """Submodule name of parametrised layer ``i`` in the parameter tree."""
+    return f"layer_{i}"
+
+
+def layer_shapes(layers: Sequence[Layer], input_shape: Sequence[int]) -> tuple[tuple, ...]:
+    """Shapes flowing through the stack: ``shapes[i]`` is layer i's input, ``shapes[-1]`` the output.
+
+    Raises:
+        ValueError: If a layer cannot take the shape it receives.
+    """
+    layers = validate_layers(layers)
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) < 2:
+        raise ValueError(f"input_shape must have a batch axis and features, got {shape}")
+    shapes = [shape]
+    for layer in layers:
+        shape = layer.output_shape(shape)
+        if any(s < 1 for s in shape):
+            raise ValueError(f"{layer!r} turns input shape {shapes[-1]} into empty {shape}")
+        shapes.append(shape)
+    return tuple(shapes)
+
+
+def dropout_masks(key: jax.Array, layers: Sequence[Layer], input_shape: Sequence[int]) -> tuple:
+    """Draw the dropout keep-masks of one training forward pass.
+
+    Args:
+        key: PRNG key; layer i uses ``jax.random.fold_in(key, i)``.
+        layers: The layer specs.
+        input_shape: Shape of the network input, e.g. [n, d] or [n, h, w, c].
+
+    Returns:
+        Tuple aligned with ``layers``: a bool array (True = keep) of layer i's input shape for
+        each Dropout with rate > 0, None for every other layer.
+    """
+    shapes = layer_shapes(layers, input_shape)
+    masks = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, Dropout) and layer.rate > 0:
+            keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - layer.rate, shapes[i])
+            masks.append(keep)
+        else:
+            masks.append(None)
+    return tuple(masks)
+
+
+def apply_dropout(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout with a given keep-mask: x · keep / (1 - rate)."""
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The elementwise function for an activation name."""
+    return {
+        "relu": jax.nn.relu,
+        "sigmoid": jax.nn.sigmoid,
+        "tanh": jnp.tanh,
+        "identity": lambda x: x,
+    }[name]
+
+
+def _pool_padding(layer: _Pool, shape) -> tuple:
+    """lax.reduce_window padding (with zero padding on batch and channel axes)."""
+    pads = lax.padtype_to_pads(shape[1:3], layer.window, layer.strides, layer.padding)
+    return ((0, 0), *pads, (0, 0))
+
+
+def max_pool(x: jax.Array, layer: MaxPool) -> jax.Array:
+    """Max pooling of an NHWC array (padded positions are -inf, never selected)."""
+    _check_rank(x.shape, 4, "MaxPool")
+    return lax.reduce_window(
+        x,
+        -jnp.inf,
+        lax.max,
+        (1, *layer.window, 1),
+        (1, *layer.strides, 1),
+        _pool_padding(layer, x.shape),
+    )
+
+
+def avg_pool(x: jax.Array, layer: AvgPool) -> jax.Array:
+    """Average pooling of an NHWC array: window sum / (kh·kw), padded zeros counted."""
+    _check_rank(x.shape, 4, "AvgPool")
+    total = lax.reduce_window(
+        x,
+        0.0,
+        lax.add,
+        (1, *layer.window, 1),
+        (1, *layer.strides, 1),
+        _pool_padding(layer, x.shape),
+    )
+    return total / math.prod(layer.window)
+
+
+class LayerStack(nn.Module):
+    """Apply a tuple of layer specs in order (see the module docstring).
+
+    Attributes:
+        layers: The layer specs.
+        param_dtype: Parameter dtype at init (use jnp.float64 in float64 gradient checks).
+    """
+
+    layers: tuple[Layer, ...]
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False, masks: tuple | None = None):
+        """Forward pass.
+
+        Args:
+            x: Input [n, ...] (NHWC before any Conv/pool layer).
+            train: Training mode: dropout active, BatchNorm uses batch statistics and updates
+                ``batch_stats`` (apply with ``mutable=["batch_stats"]``).
+            masks: Optional dropout masks from `dropout_masks`; if None in train mode they are
+                drawn from the ``"dropout"`` rng.
+
+        Returns:
+            The network output (logits / pre-activation of the last layer if it is Dense/Conv).
+        """
+        layers = validate_layers(self.layers)
+        has_dropout = any(isinstance(lay, Dropout) and lay.rate > 0 for lay in layers)
+        if train and has_dropout:
+            if masks is None:
+                masks = dropout_masks(self.make_rng("dropout"), layers, x.shape)
+            elif len(masks) != len(layers):
+                raise ValueError(
+                    f"masks must have one entry per layer ({len(layers)}), got {len(masks)}"
+                )
+        for i, layer in enumerate(layers):
+            name = layer_name(i)
+            if isinstance(layer, Dense):
+                kwargs = {} if layer.kernel_init is None else {"kernel_init": layer.kernel_init}
+                x = nn.Dense(
+                    layer.features,
+                    use_bias=layer.use_bias,
+                    param_dtype=self.param_dtype,
+                    name=name,
+                    **kwargs,
+                )(x)
+            elif isinstance(layer, Conv):
+                _check_rank(x.shape, 4, "Conv")
+                kwargs = {} if layer.kernel_init is None else {"kernel_init": layer.kernel_init}
+                x = nn.Conv(
+                    layer.features,
+                    kernel_size=layer.kernel_size,
+                    strides=layer.strides,
+                    padding=layer.padding,
+                    use_bias=layer.use_bias,
+                    param_dtype=self.param_dtype,
+                    name=name,
+                    **kwargs,
+                )(x)
+            elif isinstance(layer, MaxPool):
+                x = max_pool(x, layer)
+            elif isinstance(layer, AvgPool):
+                x = avg_pool(x, layer)
+            elif isinstance(layer, Flatten):
+                x = x.reshape(x.shape[0], -1)
+            elif isinstance(layer, Activation):
+                x = activation_fn(layer.name)(x)
+            elif isinstance(layer, Dropout):
+                if train and layer.rate > 0:
+                    x = apply_dropout(x, masks[i], layer.rate)
+            elif isinstance(layer, BatchNorm):
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=layer.momentum,
+                    epsilon=layer.epsilon,
+                    use_fast_variance=False,
+                    param_dtype=self.param_dtype,
+                    name=name,
+                )(x)
+        return x
