@@ -1,0 +1,40 @@
+"""Smoke test of `python -m benchmarks.backprop --quick` (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import backprop as bench
+
+ROW_KEYS = {"case", "ours_s", "anchor", "anchor_s", "ratio", "compile_s", "agreement"}
+
+
+def test_quick_run_writes_rows(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--models", "mlp_c", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1
+    row = rows[0]
+    assert set(row) >= ROW_KEYS
+    assert row["anchor"] == "jax.grad"
+    assert row["ours_s"] > 0 and row["anchor_s"] > 0 and row["compile_s"] > 0
+    assert row["ratio"] == pytest.approx(row["anchor_s"] / row["ours_s"])
+    # The manual rules and jax.grad compute the same float32 gradient.
+    assert row["agreement"] < 1e-4
+    assert "| seed004 mlp_c" in capsys.readouterr().out
+
+
+def test_bad_option_is_an_error(capsys):
+    assert bench.main(["--models", "resnet"]) == 2
+    assert "--models" in capsys.readouterr().err
+
+
+def test_help_lists_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--quick", "--out", "--batch", "--models"):
+        assert option in out
