@@ -86,7 +86,11 @@ def test_decoupled_weight_decay_matches_optax_adamw():
 )
 def test_schedules_scale_the_base_rate(schedule, reference):
     cfg = loop.TrainConfig(
-        epochs=4, batch_size=8, schedule=schedule, decay_rate=0.5, step_epochs=2,
+        epochs=4,
+        batch_size=8,
+        schedule=schedule,
+        decay_rate=0.5,
+        step_epochs=2,
         eval_train=False,
     )
     res = loop.train(LINEAR, cfg, DATA, loop.Hyper(learning_rate=0.2), key=jax.random.key(0))
@@ -94,17 +98,16 @@ def test_schedules_scale_the_base_rate(schedule, reference):
     np.testing.assert_allclose(res.history["lr"], 0.2 * reference(steps), rtol=1e-5, atol=1e-7)
 
 
-MLP = tasks.layer_task(
-    (Dense(8), BatchNorm(), Activation("relu"), Dropout(0.3), Dense(2)), (1, 3)
-)
+MLP = tasks.layer_task((Dense(8), BatchNorm(), Activation("relu"), Dropout(0.3), Dense(2)), (1, 3))
 MLP_CFG = loop.TrainConfig(epochs=4, batch_size=8, optimizer="momentum", patience=10)
 
 
 def test_scan_and_python_strategies_agree():
     hp = loop.Hyper(learning_rate=0.1, l2=1e-3)
     a = loop.train(MLP, MLP_CFG, DATA, hp, key=jax.random.key(5))
-    b = loop.train(MLP, dataclasses.replace(MLP_CFG, strategy="python"), DATA, hp,
-                   key=jax.random.key(5))
+    b = loop.train(
+        MLP, dataclasses.replace(MLP_CFG, strategy="python"), DATA, hp, key=jax.random.key(5)
+    )
     assert (a.strategy, b.strategy) == ("scan", "python")
     _tree_close(a.params, b.params, rtol=1e-5, atol=1e-6)
     _tree_close(a.model_state, b.model_state, rtol=1e-5, atol=1e-6)
@@ -145,14 +148,20 @@ def test_early_stopping_keeps_the_best_epoch_and_params():
     assert int(res.best_epoch) == int(np.nanargmin(val)) == 0
     assert int(res.epochs_run) == 4  # best at 0, then 3 epochs without improvement
     assert np.all(np.isnan(val[4:])) and np.all(np.isfinite(val[:4]))
-    one = loop.train(LINEAR, dataclasses.replace(cfg, epochs=1, patience=None), data,
-                     loop.Hyper(learning_rate=0.5), key=jax.random.key(0))
+    one = loop.train(
+        LINEAR,
+        dataclasses.replace(cfg, epochs=1, patience=None),
+        data,
+        loop.Hyper(learning_rate=0.5),
+        key=jax.random.key(0),
+    )
     _tree_close(res.best_params, one.params, rtol=0, atol=0)
 
 
 def test_divergence_freezes_and_flags():
-    task = tasks.layer_task((Dense(8), Activation("relu"), Dense(1)), (1, 3),
-                            loss="mean_squared_error")
+    task = tasks.layer_task(
+        (Dense(8), Activation("relu"), Dense(1)), (1, 3), loss="mean_squared_error"
+    )
     data = loop.Data(X[:32] * 10, jnp.ones(32) * 100.0)
     cfg = loop.TrainConfig(epochs=5, batch_size=8, monitor="train_loss")
     res = loop.train(task, cfg, data, loop.Hyper(learning_rate=100.0), key=jax.random.key(0))
@@ -212,10 +221,38 @@ def test_per_example_losses_match_nn_batch_losses():
     y = jnp.array([0, 2, 1, 1, 0, 2])
     t = jax.random.normal(jax.random.key(1), (6, 3))
     pe = tasks.per_example_loss_fn
-    np.testing.assert_allclose(pe("softmax_cross_entropy")(z, y).mean(),
-                               losses.softmax_cross_entropy(z, y), rtol=1e-6)
-    np.testing.assert_allclose(pe("mean_squared_error")(z, t).mean(),
-                               losses.mean_squared_error(z, t), rtol=1e-6)
+    np.testing.assert_allclose(
+        pe("softmax_cross_entropy")(z, y).mean(), losses.softmax_cross_entropy(z, y), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        pe("mean_squared_error")(z, t).mean(), losses.mean_squared_error(z, t), rtol=1e-6
+    )
     tb = (t > 0).astype(jnp.float32)
-    np.testing.assert_allclose(pe("binary_cross_entropy")(z, tb).mean(),
-                               losses.binary_cross_entropy(z, tb), rtol=1e-6)
+    np.testing.assert_allclose(
+        pe("binary_cross_entropy")(z, tb).mean(), losses.binary_cross_entropy(z, tb), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "layers, loss",
+    [
+        ((Dense(6), Activation("tanh"), Dropout(0.25), Dense(2)), "softmax_cross_entropy"),
+        ((Dense(5), Activation("sigmoid"), Dense(1), Activation("tanh")), "mean_squared_error"),
+    ],
+    ids=["dropout-ce", "playground-mse"],
+)
+def test_manual_and_autodiff_grad_sources_train_alike(layers, loss):
+    """Same dropout masks, same data order: the two gradient sources give the same run."""
+    task = tasks.layer_task(layers, (1, 3), loss=loss)
+    y = Y if loss == "softmax_cross_entropy" else 2.0 * Y - 1.0
+    data = loop.Data(X[:32], y[:32], X[32:], y[32:])
+    cfg = loop.TrainConfig(
+        epochs=3, batch_size=8, optimizer="nesterov", eval_train=False, strategy="python"
+    )
+    hp = loop.Hyper(learning_rate=0.1, l1=1e-3, l2=1e-2)
+    auto = loop.train(task, cfg, data, hp, key=jax.random.key(4))
+    manual = loop.train(
+        task, dataclasses.replace(cfg, grad_source="manual"), data, hp, key=jax.random.key(4)
+    )
+    _tree_close(auto.params, manual.params, rtol=1e-5, atol=1e-6)
+    _tree_close(auto.history, manual.history, rtol=1e-5, atol=1e-6)
