@@ -35,7 +35,16 @@ class ExperimentInfo:
 
 
 # Add an entry here when an experiment module lands (keep the SPEC order).
-REGISTRY: tuple[ExperimentInfo, ...] = ()
+REGISTRY: tuple[ExperimentInfo, ...] = (
+    ExperimentInfo(
+        "playground",
+        "003_7a64f05ef5897792.txt",
+        "§1",
+        "TensorFlow Playground tables (datasets x features x activation x L1/L2 x seeds) "
+        "as one vmapped sweep; decision boundaries, loss curves, activation comparison",
+        "E5",
+    ),
+)
 
 
 def get(name: str) -> ExperimentInfo:

@@ -528,15 +528,16 @@ def history_keys(task: Task, cfg: TrainConfig, data: Data) -> tuple[str, ...]:
     """Names of the per-epoch history arrays a run produces."""
     probe = ["loss"]
     if task.metrics is not None:
-        x = jnp.asarray(data.x_train)[:1]
-        y = jnp.asarray(data.y_train)[:1]
+        # Shapes only (eval_shape): no eager op, nothing compiled.
+        x = jax.ShapeDtypeStruct((1, *np.shape(data.x_train)[1:]), data.x_train.dtype)
+        y = jax.ShapeDtypeStruct((1, *np.shape(data.y_train)[1:]), data.y_train.dtype)
 
-        def names():
+        def names(x, y):
             p, s = task.init(jax.random.key(0))
             out, _ = task.apply(p, s, x, train=False, rng=None, hparams=Hyper().as_arrays())
             return task.metrics(out, y)
 
-        probe += list(jax.eval_shape(names).keys())
+        probe += list(jax.eval_shape(names, x, y).keys())
     keys = ["train_batch_loss", "lr"]
     if cfg.eval_train:
         keys += [f"train_{k}" for k in probe]

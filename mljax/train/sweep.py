@@ -142,8 +142,12 @@ def _stack_data(datasets: Sequence[Data]) -> Data:
                     f"datasets[0] {None if b is None else b.shape}: datasets of one sweep "
                     "must share shapes (loop over shape-changing datasets outside)"
                 )
+    # Stacked on the host: an eager jnp.stack would compile a kernel per shape.
     return Data(
-        *(None if a is None else jnp.stack([d[i] for d in datasets]) for i, a in enumerate(first))
+        *(
+            None if a is None else jnp.asarray(np.stack([np.asarray(d[i]) for d in datasets]))
+            for i, a in enumerate(first)
+        )
     )
 
 
@@ -256,9 +260,9 @@ def sweep(
         devs = jax.devices() if devices == "all" else devices
         mesh = _mesh(devs)
         n_dev = 1 if mesh is None else len(devs)
-        size = len(members) if chunk_size is None else int(chunk_size)
-        if size < 1:
+        if chunk_size is not None and int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+        size = len(members) if chunk_size is None else min(int(chunk_size), len(members))
         size = -(-size // n_dev) * n_dev
         multi = len(datasets) > 1
         shared = _stack_data(datasets) if multi else datasets[0]
