@@ -72,7 +72,13 @@ def test_bad_config(kwargs, match):
         pg.Config(**kwargs).validate()
 
 
-def test_quick_run(tmp_path):
+def test_quick_run(tmp_path, monkeypatch):
+    # The sigmoid cells of quick mode (two compiled groups) keep the smoke test short;
+    # `reproduce --quick` runs the whole quick grid.
+    quick_cells = pg.cells(True)
+    monkeypatch.setattr(
+        pg, "cells", lambda quick: [c for c in quick_cells if c.activation == "sigmoid"]
+    )
     config = dataclasses.replace(pg.Config(quick=True, quiet=True, out=str(tmp_path)), seeds=2)
     _metrics, _run_dir = execute(pg, config)
     saved = json.loads((tmp_path / "metrics.json").read_text())

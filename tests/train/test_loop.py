@@ -78,8 +78,8 @@ def test_decoupled_weight_decay_matches_optax_adamw():
 @pytest.mark.parametrize(
     "schedule, reference",
     [
-        ("constant", lambda s: np.ones_like(s)),
-        ("exponential", lambda s: 0.5 ** (s / 4)),
+        pytest.param("constant", lambda s: np.ones_like(s), marks=pytest.mark.slow),
+        pytest.param("exponential", lambda s: 0.5 ** (s / 4), marks=pytest.mark.slow),
         ("step", lambda s: 0.5 ** np.floor(s / 8)),
         ("cosine", lambda s: 0.5 * (1 + np.cos(np.pi * np.minimum(s, 16) / 16))),
     ],

@@ -86,6 +86,7 @@ def test_same_shape_datasets_are_swept_as_traced_data():
     _equal(jax.tree.map(lambda a: a[2:], res.params), one.params)
 
 
+@pytest.mark.slow
 def test_sequential_strategy_agrees_with_vmap():
     members = sweep.grid_members(2, {"learning_rate": [0.1]})
     vm = sweep.sweep(TASK, CFG, DATA, members, devices=None)
