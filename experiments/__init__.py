@@ -52,6 +52,14 @@ REGISTRY: tuple[ExperimentInfo, ...] = (
         "and parameter leaf, float64",
         spec="E3, E4",
     ),
+    ExperimentInfo(
+        "playground",
+        "003_7a64f05ef5897792.txt",
+        "§1",
+        "TensorFlow Playground tables (datasets x features x activation x L1/L2 x seeds) "
+        "as one vmapped sweep; decision boundaries, loss curves, activation comparison",
+        "E5",
+    ),
 )
 
 

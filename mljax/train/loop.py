@@ -1,0 +1,907 @@
+"""Training engine: a jitted optax step, epoch loops, evaluation and early stopping.
+
+One step on a mini-batch B (mask m marks real rows, padding is False) computes
+
+    L(θ)  = Σ_i m_i ℓ(f_θ(x_i), y_i) / Σ_i m_i                  (data loss, masked mean)
+    g     = ∇_θ L  +  λ₁ sign(W) + λ₂ W                         (penalties on kernels W only)
+    θ     ← θ + optax_update(g; lr_t, momentum, weight decay)
+
+where the penalty term is the gradient of λ₁ Σ|W| + (λ₂/2) Σ W² (the TensorFlow Playground's
+and the weight-decay convention; for a λ Σ W² penalty without the ½ pass λ₂ = 2λ). The
+gradient ∇_θ L comes from a pluggable ``grad_fn(params, batch, rng, state, hparams) ->
+(loss, grads, new_state)``: ``jax.grad`` of the task's loss ("autodiff") or the manual
+backprop rules of :mod:`mljax.nn.backprop` ("manual"); both see the same dropout keys.
+
+The optimiser is ``optax.inject_hyperparams`` over sgd / momentum / nesterov / adam with an
+optional decoupled weight decay ``θ ← θ - lr_t · wd · W``, so learning rate, momentum and
+weight decay are traced values that a sweep can vmap over. A schedule multiplies the traced
+base rate: ``lr_t = lr · s(t)`` with ``s`` from optax (constant, cosine, exponential per epoch,
+step, warmup-cosine).
+
+Randomness: one root key is split into (init, data, dropout); epoch e shuffles with
+``fold_in(data_key, e)`` and step t draws dropout masks from ``fold_in(dropout_key, t)``, so a
+run is a pure function of its key and resuming at step t reproduces the rest bit for bit.
+
+Divergence: a step whose loss or gradients are not finite is not applied; the run is frozen
+(parameters of the last finite step), flagged ``diverged`` and stops.
+
+Two execution strategies with identical maths:
+
+* ``"scan"``: the whole run is one compiled program (``lax.while_loop`` over epochs,
+  ``lax.scan`` over batches), the fast path for matmul-only nets and for vmapped sweeps;
+* ``"python"``: a Python loop over a jitted step. XLA on CPU runs convolutions inside
+  ``scan``/``while_loop`` about 11× slower than the same step jitted alone, so ``"auto"``
+  picks ``"python"`` for models with convolutions. Checkpointing also uses this loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from mljax.data.batches import epoch_batches, num_batches
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+SCHEDULES = ("constant", "cosine", "exponential", "step", "warmup_cosine")
+GRAD_SOURCES = ("autodiff", "manual")
+STRATEGIES = ("auto", "scan", "python")
+MODES = ("min", "max")
+
+
+# ----------------------------------------------------------------------------- data types
+
+
+class Data(NamedTuple):
+    """Arrays of one dataset, kept on device.
+
+    Attributes:
+        x_train: ``[n, ...]`` inputs; y_train: ``[n, ...]`` targets.
+        x_val, y_val: optional validation (or test) set evaluated after every epoch.
+    """
+
+    x_train: Any
+    y_train: Any
+    x_val: Any = None
+    y_val: Any = None
+
+
+class Hyper(NamedTuple):
+    """Numeric hyperparameters: traced scalars, so a sweep vmaps over them.
+
+    Attributes:
+        learning_rate: base rate (> 0), multiplied by the schedule.
+        momentum: momentum / Nesterov coefficient, Adam's β₁; ignored by plain "sgd".
+        weight_decay: decoupled decay θ ← θ - lr_t·wd·W on kernels.
+        l1: λ₁ of the λ₁ Σ|W| penalty (gradient λ₁ sign W), kernels only.
+        l2: λ₂ of the (λ₂/2) Σ W² penalty (gradient λ₂ W), kernels only.
+        dropout_rate: passed to tasks whose model takes a traced dropout rate.
+    """
+
+    learning_rate: Any = 0.01
+    momentum: Any = 0.9
+    weight_decay: Any = 0.0
+    l1: Any = 0.0
+    l2: Any = 0.0
+    dropout_rate: Any = 0.0
+
+    def as_arrays(self, dtype=jnp.float32) -> Hyper:
+        return Hyper(*(jnp.asarray(v, dtype) for v in self))
+
+
+HYPER_FIELDS = Hyper._fields
+
+
+def check_hyper(hp: Hyper) -> None:
+    """Raises ``ValueError`` for concrete out-of-range values (traced values pass)."""
+    checks = {
+        "learning_rate": lambda v: v > 0,
+        "momentum": lambda v: 0 <= v < 1,
+        "weight_decay": lambda v: v >= 0,
+        "l1": lambda v: v >= 0,
+        "l2": lambda v: v >= 0,
+        "dropout_rate": lambda v: 0 <= v < 1,
+    }
+    allowed = {
+        "learning_rate": "> 0",
+        "momentum": "in [0, 1)",
+        "weight_decay": ">= 0",
+        "l1": ">= 0",
+        "l2": ">= 0",
+        "dropout_rate": "in [0, 1)",
+    }
+    for name, ok in checks.items():
+        value = getattr(hp, name)
+        if isinstance(value, jax.core.Tracer):
+            continue
+        arr = np.asarray(value, dtype=np.float64)
+        if not np.all(np.isfinite(arr)) or not np.all(ok(arr)):
+            raise ValueError(f"{name} must be {allowed[name]} and finite, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What to train: a model, its loss and its metrics (all pure functions).
+
+    Attributes:
+        init: ``key -> (params, state)``; ``state`` holds e.g. batch-norm statistics
+            (``{}`` if none).
+        apply: ``(params, state, x, *, train, rng, hparams) -> (outputs, new_state)``.
+        per_example_loss: ``(outputs [n, ...], y [n, ...]) -> [n]``.
+        metrics: ``(outputs, y) -> {name: [n]}`` per-example metrics (e.g. ``correct``),
+            averaged over the evaluation set; may be None.
+        manual_grad: optional ``(params, batch, rng, state, hparams) -> (loss, grads,
+            new_state)`` with hand-derived gradients of the masked-mean loss (batches
+            are full: padding is refused for this source).
+        has_conv: whether the model convolves (decides the "auto" strategy).
+        decay_mask: ``params -> bool tree``, which leaves the penalties and weight decay
+            touch (default: leaves named ``kernel``).
+    """
+
+    init: Callable
+    apply: Callable
+    per_example_loss: Callable
+    metrics: Callable | None = None
+    manual_grad: Callable | None = None
+    has_conv: bool = False
+    decay_mask: Callable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Static settings of a run (sizes and choices; anything numeric to sweep is in Hyper).
+
+    Attributes:
+        epochs: maximum number of epochs.
+        batch_size: examples per step.
+        optimizer: one of OPTIMIZERS.
+        schedule: one of SCHEDULES (a multiplier of the base learning rate).
+        decay_rate: exponential: factor per epoch; step: factor every ``step_epochs``.
+        step_epochs: epochs between step-schedule drops.
+        warmup_epochs: warmup_cosine's linear warmup.
+        final_lr_fraction: cosine / warmup_cosine end value as a fraction of the base rate.
+        drop_remainder: drop the last partial batch of each epoch instead of padding it.
+        grad_source: "autodiff" (jax.grad) or "manual" (the task's manual_grad).
+        eval_train: also evaluate the whole training set (eval mode) after each epoch.
+        eval_batch_size: chunk size of evaluation passes.
+        monitor: history key early stopping and best-parameter tracking watch.
+        mode: "min" or "max" for the monitored value.
+        patience: stop after this many epochs without improvement (None: never stop early).
+        min_delta: an improvement must exceed this.
+        strategy: "scan", "python" or "auto" (python for convolutional models).
+        stop_on_divergence: freeze and stop a run whose loss becomes NaN/inf.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    schedule: str = "constant"
+    decay_rate: float = 0.96
+    step_epochs: int = 10
+    warmup_epochs: int = 1
+    final_lr_fraction: float = 0.0
+    drop_remainder: bool = False
+    grad_source: str = "autodiff"
+    eval_train: bool = True
+    eval_batch_size: int = 2048
+    monitor: str = "val_loss"
+    mode: str = "min"
+    patience: int | None = None
+    min_delta: float = 0.0
+    strategy: str = "auto"
+    stop_on_divergence: bool = True
+
+    def __post_init__(self):
+        def choice(name, allowed):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+        choice("optimizer", OPTIMIZERS)
+        choice("schedule", SCHEDULES)
+        choice("grad_source", GRAD_SOURCES)
+        choice("strategy", STRATEGIES)
+        choice("mode", MODES)
+        for name in ("epochs", "batch_size", "eval_batch_size", "step_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise ValueError(f"patience must be None or a positive int, got {self.patience!r}")
+        if not 0.0 < self.decay_rate <= 1.0:
+            raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate!r}")
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction!r}")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {self.min_delta!r}")
+        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an int >= 0, got {self.warmup_epochs!r}")
+
+
+class TrainState(NamedTuple):
+    """Everything a step changes (the carry of the loops, and what a checkpoint holds)."""
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    step: jax.Array  # int32 scalar, global step count
+    diverged: jax.Array  # bool scalar
+    diverged_step: jax.Array  # int32, -1 if never
+
+
+class EarlyStop(NamedTuple):
+    """Best-so-far tracking for early stopping."""
+
+    best_params: Any
+    best_state: Any
+    best_value: jax.Array
+    best_epoch: jax.Array  # int32, -1 before the first evaluation
+    bad_epochs: jax.Array  # int32
+
+
+class TrainResult(NamedTuple):
+    """Outcome of one run.
+
+    Attributes:
+        params, model_state: final parameters and model state.
+        best_params, best_state: those at ``best_epoch`` (by ``monitor``).
+        best_epoch: 0-based epoch of the best monitored value (-1 if never finite).
+        best_value: the best monitored value.
+        epochs_run: epochs actually trained (early stopping / divergence stop sooner).
+        history: ``{name: [epochs]}``, NaN after the run stopped. Keys: ``train_batch_loss``
+            (mean of the epoch's step losses), ``train_loss``/``train_<metric>`` (eval mode,
+            when ``eval_train``), ``val_loss``/``val_<metric>``, ``lr`` (rate at epoch end).
+        diverged: whether a non-finite loss froze the run; diverged_step: its step or -1.
+        strategy: "scan" or "python".
+    """
+
+    params: Any
+    model_state: Any
+    best_params: Any
+    best_state: Any
+    best_epoch: Any
+    best_value: Any
+    epochs_run: Any
+    history: dict
+    diverged: Any
+    diverged_step: Any
+    strategy: str | None = None
+
+
+# ----------------------------------------------------------------------------- optimiser
+
+
+def default_decay_mask(params) -> Any:
+    """True for leaves named ``kernel`` (weights and conv kernels; biases, scales untouched)."""
+
+    def is_kernel(path, _):
+        last = path[-1] if path else None
+        return getattr(last, "key", getattr(last, "name", None)) == "kernel"
+
+    return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def make_optimizer(name: str, decay_mask: Callable | None = None) -> optax.GradientTransformation:
+    """The optimiser with traced hyperparameters ``learning_rate``, ``momentum``, ``weight_decay``.
+
+    Args:
+        name: one of :data:`OPTIMIZERS`.
+        decay_mask: ``params -> bool tree`` for the decoupled weight decay.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    mask = decay_mask or default_decay_mask
+
+    def factory(learning_rate, momentum, weight_decay):
+        if name == "sgd":
+            core = optax.sgd(learning_rate)
+        elif name == "momentum":
+            core = optax.sgd(learning_rate, momentum=momentum)
+        elif name == "nesterov":
+            core = optax.sgd(learning_rate, momentum=momentum, nesterov=True)
+        else:
+            core = optax.adam(learning_rate, b1=momentum)
+        # Decoupled decay after the optimiser's scaling: θ ← θ - lr·wd·W.
+        return optax.chain(core, optax.add_decayed_weights(-learning_rate * weight_decay, mask))
+
+    return optax.inject_hyperparams(factory)(learning_rate=0.0, momentum=0.0, weight_decay=0.0)
+
+
+def lr_multiplier(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[jax.Array], jax.Array]:
+    """``step -> s(step)``, the schedule as a multiplier of the base rate (optax schedules)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "constant":
+        return optax.constant_schedule(1.0)
+    if cfg.schedule == "cosine":
+        return optax.cosine_decay_schedule(1.0, total, alpha=cfg.final_lr_fraction)
+    if cfg.schedule == "exponential":
+        return optax.exponential_decay(1.0, steps_per_epoch, cfg.decay_rate)
+    if cfg.schedule == "step":
+        return optax.exponential_decay(
+            1.0, cfg.step_epochs * steps_per_epoch, cfg.decay_rate, staircase=True
+        )
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    return optax.warmup_cosine_decay_schedule(
+        0.0, 1.0, warmup, max(total, warmup + 1), end_value=cfg.final_lr_fraction
+    )
+
+
+def penalty_grads(grads, params, l1, l2, mask_fn: Callable | None = None):
+    """``grads + λ₁ sign(W) + λ₂ W`` on the masked leaves (kernels by default)."""
+    mask = (mask_fn or default_decay_mask)(params)
+    return jax.tree_util.tree_map(
+        lambda g, p, m: g + l1 * jnp.sign(p) + l2 * p if m else g, grads, params, mask
+    )
+
+
+def penalty_value(params, l1, l2, mask_fn: Callable | None = None):
+    """λ₁ Σ|W| + (λ₂/2) Σ W² over the masked leaves."""
+    mask = (mask_fn or default_decay_mask)(params)
+    leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=False) if m]
+    total = jnp.zeros((), jnp.float32)
+    for w in leaves:
+        total = total + l1 * jnp.sum(jnp.abs(w)) + 0.5 * l2 * jnp.sum(jnp.square(w))
+    return total
+
+
+# ----------------------------------------------------------------------------- step
+
+
+def masked_mean_loss(task: Task, outputs, y, mask):
+    per = task.per_example_loss(outputs, y)
+    w = mask.astype(per.dtype)
+    return jnp.sum(per * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def autodiff_grad_fn(task: Task) -> Callable:
+    """``grad_fn`` by ``jax.value_and_grad`` of the task's masked-mean loss."""
+
+    def grad_fn(params, batch, rng, state, hparams):
+        x, y, mask = batch
+
+        def loss_fn(p):
+            out, new_state = task.apply(p, state, x, train=True, rng=rng, hparams=hparams)
+            return masked_mean_loss(task, out, y, mask), new_state
+
+        (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, grads, new_state
+
+    return grad_fn
+
+
+def get_grad_fn(task: Task, source: str) -> Callable:
+    if source not in GRAD_SOURCES:
+        raise ValueError(f"grad_source must be one of {GRAD_SOURCES}, got {source!r}")
+    if source == "autodiff":
+        return autodiff_grad_fn(task)
+    if task.manual_grad is None:
+        raise ValueError(
+            "grad_source='manual' needs a task with manual_grad (see mljax.train.tasks)"
+        )
+    return task.manual_grad
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    ok = jnp.array(True)
+    for leaf in leaves:
+        ok = ok & jnp.all(jnp.isfinite(leaf))
+    return ok
+
+
+def _select(pred, a, b):
+    return jax.tree.map(lambda u, v: jnp.where(pred, u, v), a, b)
+
+
+def make_step(task: Task, cfg: TrainConfig, steps_per_epoch: int):
+    """Returns ``(tx, step)``; ``step(ts, batch, hp, dropout_key) -> (ts, loss)`` is pure.
+
+    ``batch`` is ``(x [b, ...], y [b, ...], mask [b])``. A frozen (diverged) state is
+    returned unchanged.
+    """
+    tx = make_optimizer(cfg.optimizer, task.decay_mask)
+    grad_fn = get_grad_fn(task, cfg.grad_source)
+    schedule = lr_multiplier(cfg, steps_per_epoch)
+
+    def step(ts: TrainState, batch, hp: Hyper, dropout_key):
+        rng = jax.random.fold_in(dropout_key, ts.step)
+        loss, grads, new_model_state = grad_fn(ts.params, batch, rng, ts.model_state, hp)
+        grads = penalty_grads(grads, ts.params, hp.l1, hp.l2, task.decay_mask)
+        lr_t = hp.learning_rate * schedule(ts.step)
+        hyper = dict(ts.opt_state.hyperparams)
+        hyper["learning_rate"] = jnp.asarray(lr_t, hyper["learning_rate"].dtype)
+        hyper["momentum"] = jnp.asarray(hp.momentum, hyper["momentum"].dtype)
+        hyper["weight_decay"] = jnp.asarray(hp.weight_decay, hyper["weight_decay"].dtype)
+        opt_state = ts.opt_state._replace(hyperparams=hyper)
+        updates, new_opt_state = tx.update(grads, opt_state, ts.params)
+        new_params = optax.apply_updates(ts.params, updates)
+        ok = jnp.isfinite(loss) & _all_finite(grads) & ~ts.diverged
+        if not cfg.stop_on_divergence:
+            ok = jnp.ones((), bool)
+        newly = ~ok & ~ts.diverged
+        new = TrainState(
+            params=_select(ok, new_params, ts.params),
+            model_state=_select(ok, new_model_state, ts.model_state),
+            opt_state=_select(ok, new_opt_state, ts.opt_state),
+            step=ts.step + ok.astype(jnp.int32),
+            diverged=ts.diverged | ~ok,
+            diverged_step=jnp.where(newly, ts.step, ts.diverged_step),
+        )
+        return new, loss
+
+    return tx, step
+
+
+def init_state(task: Task, tx, key, hp: Hyper) -> TrainState:
+    """Initial TrainState for the init key (no data needed)."""
+    params, model_state = task.init(key)
+    opt_state = tx.init(params)
+    hyper = dict(opt_state.hyperparams)
+    hyper["learning_rate"] = jnp.asarray(hp.learning_rate, jnp.float32)
+    hyper["momentum"] = jnp.asarray(hp.momentum, jnp.float32)
+    hyper["weight_decay"] = jnp.asarray(hp.weight_decay, jnp.float32)
+    opt_state = opt_state._replace(hyperparams=hyper)
+    return TrainState(
+        params=params,
+        model_state=model_state,
+        opt_state=opt_state,
+        step=jnp.zeros((), jnp.int32),
+        diverged=jnp.zeros((), bool),
+        diverged_step=jnp.full((), -1, jnp.int32),
+    )
+
+
+def split_keys(key):
+    """(init, data, dropout) keys of a run."""
+    k_init, k_data, k_drop = jax.random.split(key, 3)
+    return k_init, k_data, k_drop
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _chunk_metrics(task: Task, params, state, x, y, mask, hp):
+    out, _ = task.apply(params, state, x, train=False, rng=None, hparams=hp)
+    w = mask.astype(jnp.float32)
+    sums = {"loss": jnp.sum(task.per_example_loss(out, y) * w)}
+    if task.metrics is not None:
+        for k, v in task.metrics(out, y).items():
+            sums[k] = jnp.sum(v.astype(jnp.float32) * w)
+    return sums
+
+
+def _pad_chunks(x, y, chunk: int):
+    n = x.shape[0]
+    size = min(chunk, n)
+    nb = -(-n // size)
+    pad = nb * size - n
+
+    def padded(a):
+        if pad:
+            a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+        return a.reshape(nb, size, *a.shape[1:])
+
+    mask = (jnp.arange(nb * size) < n).reshape(nb, size)
+    return padded(x), padded(y), mask
+
+
+def evaluate(task: Task, params, state, x, y, hp: Hyper, *, batch_size: int = 2048) -> dict:
+    """Mean loss and metrics over ``x [n, ...]``, ``y`` in eval mode (pure, jit/vmap-able).
+
+    Chunks of ``batch_size`` go through ``lax.map`` (one chunk: no loop).
+    """
+    n = x.shape[0]
+    if n <= batch_size:
+        sums = _chunk_metrics(task, params, state, x, y, jnp.ones((n,), bool), hp)
+    else:
+        xs, ys, ms = _pad_chunks(x, y, batch_size)
+        per = lax.map(
+            lambda c: _chunk_metrics(task, params, state, c[0], c[1], c[2], hp), (xs, ys, ms)
+        )
+        sums = {k: jnp.sum(v) for k, v in per.items()}
+    return {k: v / n for k, v in sums.items()}
+
+
+def _eval_all(task, cfg, params, state, data: Data, hp) -> dict:
+    out = {}
+    if cfg.eval_train:
+        for k, v in evaluate(
+            task, params, state, data.x_train, data.y_train, hp, batch_size=cfg.eval_batch_size
+        ).items():
+            out[f"train_{k}"] = v
+    if data.x_val is not None:
+        for k, v in evaluate(
+            task, params, state, data.x_val, data.y_val, hp, batch_size=cfg.eval_batch_size
+        ).items():
+            out[f"val_{k}"] = v
+    return out
+
+
+def history_keys(task: Task, cfg: TrainConfig, data: Data) -> tuple[str, ...]:
+    """Names of the per-epoch history arrays a run produces."""
+    probe = ["loss"]
+    if task.metrics is not None:
+        # Shapes only (eval_shape): no eager op, nothing compiled.
+        x = jax.ShapeDtypeStruct((1, *np.shape(data.x_train)[1:]), data.x_train.dtype)
+        y = jax.ShapeDtypeStruct((1, *np.shape(data.y_train)[1:]), data.y_train.dtype)
+
+        def names(x, y):
+            p, s = task.init(jax.random.key(0))
+            out, _ = task.apply(p, s, x, train=False, rng=None, hparams=Hyper().as_arrays())
+            return task.metrics(out, y)
+
+        probe += list(jax.eval_shape(names, x, y).keys())
+    keys = ["train_batch_loss", "lr"]
+    if cfg.eval_train:
+        keys += [f"train_{k}" for k in probe]
+    if data.x_val is not None:
+        keys += [f"val_{k}" for k in probe]
+    return tuple(keys)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_inputs(task: Task, cfg: TrainConfig, data: Data, hp: Hyper | None = None) -> int:
+    """Validates data against the config before tracing; returns steps per epoch."""
+    n = int(np.shape(data.x_train)[0])
+    if np.shape(data.y_train)[0] != n:
+        raise ValueError(f"x_train has {n} rows but y_train has {np.shape(data.y_train)[0]}")
+    if (data.x_val is None) != (data.y_val is None):
+        raise ValueError("give both x_val and y_val, or neither")
+    if data.x_val is not None and np.shape(data.x_val)[0] != np.shape(data.y_val)[0]:
+        raise ValueError("x_val and y_val have different numbers of rows")
+    if cfg.batch_size > n:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is larger than the training set ({n} examples)"
+        )
+    if cfg.grad_source == "manual" and not cfg.drop_remainder and n % cfg.batch_size:
+        raise ValueError(
+            f"grad_source='manual' needs full batches: {n} examples do not divide into batches "
+            f"of {cfg.batch_size}; set drop_remainder=True"
+        )
+    if cfg.grad_source == "manual" and task.manual_grad is None:
+        raise ValueError("grad_source='manual' needs a task with manual_grad")
+    if hp is not None:
+        check_hyper(hp)
+    spe = num_batches(n, cfg.batch_size, drop_remainder=cfg.drop_remainder)
+    return spe
+
+
+def _check_monitor(task, cfg, data):
+    keys = history_keys(task, cfg, data)
+    if cfg.monitor not in keys:
+        raise ValueError(f"monitor must be one of {keys}, got {cfg.monitor!r}")
+    return keys
+
+
+def pick_strategy(task: Task, cfg: TrainConfig) -> str:
+    """ "python" for convolutional models under "auto" (see the module docstring), else "scan"."""
+    if cfg.strategy != "auto":
+        return cfg.strategy
+    return "python" if task.has_conv else "scan"
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+def _improved(cfg: TrainConfig, value, best):
+    better = value < best - cfg.min_delta if cfg.mode == "min" else value > best + cfg.min_delta
+    return jnp.isfinite(value) & (better | ~jnp.isfinite(best))
+
+
+def _early_update(cfg, es: EarlyStop, ts: TrainState, value, epoch):
+    better = _improved(cfg, value, es.best_value)
+    return EarlyStop(
+        best_params=_select(better, ts.params, es.best_params),
+        best_state=_select(better, ts.model_state, es.best_state),
+        best_value=jnp.where(better, value, es.best_value),
+        best_epoch=jnp.where(better, epoch, es.best_epoch),
+        bad_epochs=jnp.where(better, 0, es.bad_epochs + 1),
+    )
+
+
+def _should_stop(cfg, es: EarlyStop, ts: TrainState):
+    stop = ts.diverged if cfg.stop_on_divergence else jnp.zeros((), bool)
+    if cfg.patience is not None:
+        stop = stop | (es.bad_epochs >= cfg.patience)
+    return stop
+
+
+def _init_early(cfg, ts: TrainState) -> EarlyStop:
+    worst = jnp.inf if cfg.mode == "min" else -jnp.inf
+    return EarlyStop(
+        ts.params,
+        ts.model_state,
+        jnp.asarray(worst, jnp.float32),
+        jnp.full((), -1, jnp.int32),
+        jnp.zeros((), jnp.int32),
+    )
+
+
+def train_scan(task: Task, cfg: TrainConfig, data: Data, hp: Hyper, key) -> TrainResult:
+    """The whole run as one pure function (jit it; vmap it over ``hp`` / ``key`` for sweeps).
+
+    Static: ``task``, ``cfg`` and the data shapes. Call :func:`check_inputs` first (``train``
+    and ``sweep`` do).
+    """
+    n = data.x_train.shape[0]
+    spe = num_batches(n, cfg.batch_size, drop_remainder=cfg.drop_remainder)
+    tx, step = make_step(task, cfg, spe)
+    schedule = lr_multiplier(cfg, spe)
+    k_init, k_data, k_drop = split_keys(key)
+    ts0 = init_state(task, tx, k_init, hp)
+    es0 = _init_early(cfg, ts0)
+    keys = history_keys(task, cfg, data)
+    hist0 = {k: jnp.full((cfg.epochs,), jnp.nan, jnp.float32) for k in keys}
+
+    def epoch_body(carry):
+        ts, es, hist, epoch, _ = carry
+        batches = epoch_batches(
+            jax.random.fold_in(k_data, epoch), n, cfg.batch_size, drop_remainder=cfg.drop_remainder
+        )
+
+        def batch_body(ts, b):
+            idx, mask = b
+            batch = (data.x_train[idx], data.y_train[idx], mask)
+            ts, loss = step(ts, batch, hp, k_drop)
+            return ts, loss
+
+        ts, losses = lax.scan(batch_body, ts, (batches.indices, batches.mask))
+        record = _eval_all(task, cfg, ts.params, ts.model_state, data, hp)
+        record["train_batch_loss"] = jnp.mean(losses)
+        record["lr"] = hp.learning_rate * schedule(ts.step)
+        hist = {k: hist[k].at[epoch].set(jnp.asarray(record[k], jnp.float32)) for k in hist}
+        es = _early_update(cfg, es, ts, hist[cfg.monitor][epoch], epoch)
+        return ts, es, hist, epoch + 1, _should_stop(cfg, es, ts)
+
+    def cond(carry):
+        *_, epoch, stop = carry
+        return (epoch < cfg.epochs) & ~stop
+
+    carry = (ts0, es0, hist0, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+    ts, es, hist, epochs_run, _ = lax.while_loop(cond, epoch_body, carry)
+    return TrainResult(
+        params=ts.params,
+        model_state=ts.model_state,
+        best_params=es.best_params,
+        best_state=es.best_state,
+        best_epoch=es.best_epoch,
+        best_value=es.best_value,
+        epochs_run=epochs_run,
+        history=hist,
+        diverged=ts.diverged,
+        diverged_step=ts.diverged_step,
+        strategy=None,  # set by the caller: a str is no array, jit cannot return it
+    )
+
+
+# ----------------------------------------------------------------------------- Python loop
+
+
+class LoopState(NamedTuple):
+    """State of the Python loop between steps (what a checkpoint stores)."""
+
+    train: TrainState
+    early: EarlyStop
+    history: dict  # {name: [epochs] float32}
+    epoch: jax.Array  # int32: current epoch
+    batch: jax.Array  # int32: next batch index within the epoch
+    loss_sum: jax.Array  # float32: sum of this epoch's step losses so far
+    stopped: jax.Array  # bool
+
+
+def _python_fns(task: Task, cfg: TrainConfig, data: Data):
+    n = int(data.x_train.shape[0])
+    spe = num_batches(n, cfg.batch_size, drop_remainder=cfg.drop_remainder)
+    tx, step = make_step(task, cfg, spe)
+    schedule = lr_multiplier(cfg, spe)
+
+    @jax.jit
+    def init_fn(hp, key):
+        k_init, _, _ = split_keys(key)
+        ts = init_state(task, tx, k_init, hp)
+        keys = history_keys(task, cfg, data)
+        hist = {k: jnp.full((cfg.epochs,), jnp.nan, jnp.float32) for k in keys}
+        z = jnp.zeros((), jnp.int32)
+        return LoopState(
+            ts, _init_early(cfg, ts), hist, z, z, jnp.zeros((), jnp.float32), jnp.zeros((), bool)
+        )
+
+    @jax.jit
+    def perm_fn(key, epoch):
+        _, k_data, _ = split_keys(key)
+        return epoch_batches(
+            jax.random.fold_in(k_data, epoch), n, cfg.batch_size, drop_remainder=cfg.drop_remainder
+        )
+
+    @jax.jit
+    def step_fn(ls: LoopState, x, y, idx, mask, hp, key):
+        _, _, k_drop = split_keys(key)
+        ts, loss = step(ls.train, (x[idx], y[idx], mask), hp, k_drop)
+        return ls._replace(train=ts, batch=ls.batch + 1, loss_sum=ls.loss_sum + loss)
+
+    @jax.jit
+    def chunk_fn(params, state, x, y, mask, hp):
+        return _chunk_metrics(task, params, state, x, y, mask, hp)
+
+    def eval_set(params, state, x, y, hp):
+        # Chunks jitted one by one (convolutions in lax.map hit the slow scan path).
+        nx = x.shape[0]
+        size = min(cfg.eval_batch_size, nx)
+        totals = None
+        for start in range(0, nx, size):
+            xb, yb = x[start : start + size], y[start : start + size]
+            m = jnp.ones((xb.shape[0],), bool)
+            if xb.shape[0] < size:  # pad to one shape: one compilation
+                pad = size - xb.shape[0]
+                xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
+                yb = jnp.concatenate([yb, jnp.zeros((pad, *yb.shape[1:]), yb.dtype)])
+                m = jnp.arange(size) < size - pad
+            s = chunk_fn(params, state, xb, yb, m, hp)
+            totals = s if totals is None else {k: totals[k] + s[k] for k in s}
+        return {k: v / nx for k, v in totals.items()}
+
+    @jax.jit
+    def end_epoch_fn(ls: LoopState, record, hp):
+        ts = ls.train
+        record = dict(record)
+        record["train_batch_loss"] = ls.loss_sum / jnp.maximum(ls.batch, 1).astype(jnp.float32)
+        record["lr"] = hp.learning_rate * schedule(ts.step)
+        e = ls.epoch
+        hist = {k: ls.history[k].at[e].set(jnp.asarray(record[k], jnp.float32)) for k in ls.history}
+        es = _early_update(cfg, ls.early, ts, hist[cfg.monitor][e], e)
+        stop = _should_stop(cfg, es, ts)
+        return LoopState(
+            ts, es, hist, e + 1, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), stop
+        )
+
+    def end_epoch(ls: LoopState, hp):
+        record = {}
+        ts = ls.train
+        if cfg.eval_train:
+            for k, v in eval_set(ts.params, ts.model_state, data.x_train, data.y_train, hp).items():
+                record[f"train_{k}"] = v
+        if data.x_val is not None:
+            for k, v in eval_set(ts.params, ts.model_state, data.x_val, data.y_val, hp).items():
+                record[f"val_{k}"] = v
+        return end_epoch_fn(ls, record, hp)
+
+    return spe, init_fn, perm_fn, step_fn, end_epoch
+
+
+def train_python(
+    task: Task,
+    cfg: TrainConfig,
+    data: Data,
+    hp: Hyper,
+    key,
+    *,
+    checkpointer=None,
+    quiet: bool = True,
+    desc: str | None = None,
+) -> TrainResult:
+    """The run as a Python loop over a jitted step (same maths as :func:`train_scan`).
+
+    Args:
+        checkpointer: optional :class:`mljax.train.checkpoint.Checkpointer`: resumes from its
+            file if present, saves every ``every`` steps, at the end, and on Ctrl-C.
+        quiet: hide the progress bar.
+    """
+    from mljax.experiment import progress
+
+    spe, init_fn, perm_fn, step_fn, end_epoch = _python_fns(task, cfg, data)
+    ls = init_fn(hp, key)
+    if checkpointer is not None:
+        ls = checkpointer.restore_or(ls)
+    x, y = data.x_train, data.y_train
+    total = cfg.epochs * spe
+    done = int(ls.epoch) * spe + int(ls.batch)
+    bar = progress(total=total, desc=desc or "train", quiet=quiet, initial=done)
+    try:
+        while int(ls.epoch) < cfg.epochs and not bool(ls.stopped):
+            batches = perm_fn(key, ls.epoch)
+            for b in range(int(ls.batch), spe):
+                ls = step_fn(ls, x, y, batches.indices[b], batches.mask[b], hp, key)
+                bar.update(1)
+                if checkpointer is not None:
+                    checkpointer.maybe_save(ls, int(ls.train.step))
+            ls = end_epoch(ls, hp)
+            if checkpointer is not None:
+                checkpointer.maybe_save(ls, int(ls.train.step), epoch_end=True)
+    except KeyboardInterrupt:
+        if checkpointer is not None:
+            checkpointer.save(ls)
+        raise
+    finally:
+        bar.close()
+    if checkpointer is not None:
+        checkpointer.save(ls)
+    ts, es = ls.train, ls.early
+    return TrainResult(
+        params=ts.params,
+        model_state=ts.model_state,
+        best_params=es.best_params,
+        best_state=es.best_state,
+        best_epoch=es.best_epoch,
+        best_value=es.best_value,
+        epochs_run=ls.epoch,
+        history=ls.history,
+        diverged=ts.diverged,
+        diverged_step=ts.diverged_step,
+        strategy="python",
+    )
+
+
+_SCAN_CACHE: dict = {}
+
+
+def _jitted_scan(task: Task, cfg: TrainConfig):
+    key = (id(task), cfg)
+    fn = _SCAN_CACHE.get(key)
+    if fn is None or fn[0] is not task:
+        fn = (task, jax.jit(lambda data, hp, k: train_scan(task, cfg, data, hp, k)))
+        _SCAN_CACHE[key] = fn
+    return fn[1]
+
+
+def as_data(data: Data | tuple | Mapping) -> Data:
+    """Data as device arrays (``Data``, a tuple in its field order, or a mapping)."""
+    if isinstance(data, Mapping):
+        data = Data(**data)
+    elif not isinstance(data, Data):
+        data = Data(*data)
+    return Data(*(None if a is None else jnp.asarray(a) for a in data))
+
+
+def train(
+    task: Task,
+    cfg: TrainConfig,
+    data: Data,
+    hp: Hyper | None = None,
+    *,
+    key=None,
+    checkpointer=None,
+    quiet: bool = True,
+) -> TrainResult:
+    """Trains one model; picks the strategy (``result.strategy`` says which ran).
+
+    Args:
+        task: the model, loss and metrics (:class:`Task`, e.g. from
+            :func:`mljax.train.tasks.layer_task`).
+        cfg: static settings.
+        data: :class:`Data` (train, optional validation).
+        hp: numeric hyperparameters (default :class:`Hyper`).
+        key: root PRNG key (default ``jax.random.key(0)``).
+        checkpointer: forces the Python loop; see :func:`train_python`.
+        quiet: hide progress bars.
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        ValueError: bad config, hyperparameters, data sizes or monitor name.
+    """
+    data = as_data(data)
+    hp = Hyper() if hp is None else hp
+    check_inputs(task, cfg, data, hp)
+    _check_monitor(task, cfg, data)
+    hp = hp.as_arrays()
+    key = jax.random.key(0) if key is None else key
+    strategy = "python" if checkpointer is not None else pick_strategy(task, cfg)
+    if strategy == "python":
+        return train_python(task, cfg, data, hp, key, checkpointer=checkpointer, quiet=quiet)
+    return _jitted_scan(task, cfg)(data, hp, key)._replace(strategy="scan")
+
+
+def finite_or_nan(x) -> np.ndarray:
+    """Host copy with non-finite values as NaN (for tables)."""
+    arr = np.asarray(x, dtype=np.float64)
+    return np.where(np.isfinite(arr), arr, math.nan)

@@ -1,0 +1,170 @@
+"""Tasks from the layer vocabulary: a :class:`mljax.nn.layers.LayerStack`, a loss, metrics.
+
+Per-example losses (their mean over a batch equals :mod:`mljax.nn.losses`' batch losses):
+
+    softmax_cross_entropy   logsumexp(z) - z_y                    (y integer labels)
+    mean_squared_error      ½ Σ_j (z_j - t_j)²                    (the Playground's loss with
+                                                                    a tanh output and t = ±1)
+    squared_error           ½ Σ_j (z_j - t_j)²                    (batch mean; nn's "sum"
+                                                                    reduction differs by n)
+    binary_cross_entropy    Σ_j softplus(z_j) - t_j z_j           (z logits)
+
+Metric ``accuracy``: argmax(z) = y for softmax; sign(z) = sign(t) for a ±1 target with one
+output (tanh or squared-error regression on ±1 labels); (z > 0) = (t > ½) for binary
+cross-entropy.
+
+Dropout masks come from ``mljax.nn.layers.dropout_masks(rng, layers, x.shape)`` and are passed
+to both the flax model and the manual engine, so "autodiff" and "manual" see the same masks.
+The dropout rate is the layer spec's (static); ``Hyper.dropout_rate`` is not used here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mljax.nn.layers import Conv, Dropout, LayerStack, dropout_masks, validate_layers
+from mljax.train.loop import Task
+
+LOSSES = ("softmax_cross_entropy", "mean_squared_error", "squared_error", "binary_cross_entropy")
+
+
+def per_example_loss_fn(loss: str):
+    """``(outputs [n, ...], y) -> [n]`` for a loss name in :data:`LOSSES`."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "softmax_cross_entropy":
+        return lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y.astype(jnp.int32))
+
+    def reshape(z, t):
+        t = jnp.reshape(t, z.shape).astype(z.dtype)
+        return z.reshape(z.shape[0], -1), t.reshape(z.shape[0], -1)
+
+    if loss in ("mean_squared_error", "squared_error"):
+
+        def sq(z, t):
+            z, t = reshape(z, t)
+            return 0.5 * jnp.sum(jnp.square(z - t), axis=1)
+
+        return sq
+
+    def bce(z, t):
+        z, t = reshape(z, t)
+        return jnp.sum(jax.nn.softplus(z) - t * z, axis=1)
+
+    return bce
+
+
+def accuracy_fn(loss: str):
+    """Per-example ``correct`` (0/1) for the loss's usual labels."""
+    if loss == "softmax_cross_entropy":
+        return lambda z, y: {"accuracy": (jnp.argmax(z, axis=-1) == y).astype(jnp.float32)}
+    if loss == "binary_cross_entropy":
+
+        def acc_bce(z, t):
+            z = z.reshape(z.shape[0], -1)
+            t = jnp.reshape(t, z.shape)
+            return {"accuracy": jnp.mean(((z > 0) == (t > 0.5)).astype(jnp.float32), axis=1)}
+
+        return acc_bce
+
+    def acc_sign(z, t):
+        z = z.reshape(z.shape[0], -1)
+        t = jnp.reshape(t, z.shape)
+        return {"accuracy": jnp.mean((jnp.sign(z) == jnp.sign(t)).astype(jnp.float32), axis=1)}
+
+    return acc_sign
+
+
+def _set_biases(params, value: float):
+    def f(path, leaf):
+        last = path[-1] if path else None
+        name = getattr(last, "key", getattr(last, "name", None))
+        return jnp.full_like(leaf, value) if name == "bias" else leaf
+
+    return jax.tree_util.tree_map_with_path(f, params)
+
+
+def layer_task(
+    layers: Sequence,
+    input_shape: Sequence[int],
+    *,
+    loss: str = "softmax_cross_entropy",
+    metrics: bool = True,
+    bias_init: float | None = None,
+    param_dtype=jnp.float32,
+) -> Task:
+    """A :class:`~mljax.train.loop.Task` for a layer stack.
+
+    Args:
+        layers: layer specs (:mod:`mljax.nn.layers`; builders in :mod:`mljax.nn.models`).
+        input_shape: one example's shape with a batch axis, e.g. ``(1, 784)`` or
+            ``(1, 28, 28, 1)`` (used to initialise).
+        loss: one of :data:`LOSSES`.
+        metrics: add per-example ``accuracy``.
+        bias_init: set every bias to this constant after init (the Playground uses 0.1).
+        param_dtype: parameter dtype.
+
+    Returns:
+        A task with ``manual_grad`` from :func:`mljax.nn.backprop.grads` (same masks).
+    """
+    layers = validate_layers(layers)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    model = LayerStack(layers, param_dtype=param_dtype)
+    input_shape = tuple(int(s) for s in input_shape)
+    has_dropout = any(isinstance(lay, Dropout) and lay.rate > 0 for lay in layers)
+    per_example = per_example_loss_fn(loss)
+
+    def init(key):
+        variables = model.init(key, jnp.zeros(input_shape, param_dtype))
+        params = variables["params"]
+        if bias_init is not None:
+            params = _set_biases(params, bias_init)
+        return params, variables.get("batch_stats", {})
+
+    def masks_for(rng, x, train):
+        if train and has_dropout:
+            return dropout_masks(rng, layers, x.shape)
+        return None
+
+    def apply(params, state, x, *, train, rng, hparams):
+        variables = {"params": params}
+        if state:
+            variables["batch_stats"] = state
+        masks = masks_for(rng, x, train)
+        if train and state:
+            out, updates = model.apply(
+                variables, x, train=True, masks=masks, mutable=["batch_stats"]
+            )
+            return out, updates["batch_stats"]
+        return model.apply(variables, x, train=train, masks=masks), state
+
+    def manual_grad(params, batch, rng, state, hparams):
+        from mljax.nn import backprop
+
+        x, y, _ = batch  # full batches only (checked before tracing)
+        bp = backprop.grads(
+            layers,
+            params,
+            x,
+            y,
+            loss=loss if loss != "squared_error" else "mean_squared_error",
+            train=True,
+            masks=masks_for(rng, x, True),
+            batch_stats=state if state else None,
+        )
+        new_state = bp.batch_stats if state else state
+        return bp.loss, bp.grads, new_state
+
+    return Task(
+        init=init,
+        apply=apply,
+        per_example_loss=per_example,
+        metrics=accuracy_fn(loss) if metrics else None,
+        manual_grad=manual_grad,
+        has_conv=any(isinstance(lay, Conv) for lay in layers),
+    )

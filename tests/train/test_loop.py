@@ -1,0 +1,258 @@
+"""Training engine: optimiser steps against optax/jax.grad, schedules, strategies, early
+stopping, divergence, batch-norm state, dropout keys, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mljax.nn.layers import Activation, BatchNorm, Conv, Dense, Dropout, Flatten
+from mljax.train import loop, tasks
+
+X = jax.random.normal(jax.random.key(1), (40, 3))
+Y = (X[:, 0] - X[:, 1] > 0).astype(jnp.int32)
+DATA = loop.Data(X[:32], Y[:32], X[32:], Y[32:])
+LINEAR = tasks.layer_task((Dense(2),), (1, 3))
+
+
+def _tree_close(a, b, **kw):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), **kw)
+
+
+OPTAX_REFERENCE = {
+    "sgd": lambda lr, m: optax.sgd(lr),
+    "momentum": lambda lr, m: optax.sgd(lr, momentum=m),
+    "nesterov": lambda lr, m: optax.sgd(lr, momentum=m, nesterov=True),
+    "adam": lambda lr, m: optax.adam(lr, b1=m),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(OPTAX_REFERENCE))
+def test_full_batch_steps_match_plain_optax_with_penalties(optimizer):
+    """3 full-batch steps with L1 + L2 equal optax on jax.grad of loss + penalty."""
+    lr, m, l1, l2 = 0.1, 0.8, 0.01, 0.02
+    cfg = loop.TrainConfig(epochs=3, batch_size=32, optimizer=optimizer, eval_train=False)
+    hp = loop.Hyper(learning_rate=lr, momentum=m, l1=l1, l2=l2)
+    res = loop.train(LINEAR, cfg, DATA, hp, key=jax.random.key(3))
+
+    params, _ = LINEAR.init(loop.split_keys(jax.random.key(3))[0])
+
+    def objective(p):
+        z = X[:32] @ p["layer_0"]["kernel"] + p["layer_0"]["bias"]
+        data = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, Y[:32]))
+        w = p["layer_0"]["kernel"]
+        return data + l1 * jnp.sum(jnp.abs(w)) + 0.5 * l2 * jnp.sum(w * w)
+
+    tx = OPTAX_REFERENCE[optimizer](lr, m)
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = tx.update(jax.grad(objective)(params), state, params)
+        params = optax.apply_updates(params, updates)
+    _tree_close(res.params, params, rtol=1e-5, atol=1e-6)
+
+
+def test_decoupled_weight_decay_matches_optax_adamw():
+    cfg = loop.TrainConfig(epochs=2, batch_size=32, optimizer="adam", eval_train=False)
+    hp = loop.Hyper(learning_rate=0.05, momentum=0.9, weight_decay=0.1)
+    res = loop.train(LINEAR, cfg, DATA, hp, key=jax.random.key(3))
+    params, _ = LINEAR.init(loop.split_keys(jax.random.key(3))[0])
+    tx = optax.adamw(0.05, b1=0.9, weight_decay=0.1, mask=loop.default_decay_mask)
+    state = tx.init(params)
+
+    def objective(p):
+        z = X[:32] @ p["layer_0"]["kernel"] + p["layer_0"]["bias"]
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, Y[:32]))
+
+    for _ in range(2):
+        updates, state = tx.update(jax.grad(objective)(params), state, params)
+        params = optax.apply_updates(params, updates)
+    _tree_close(res.params, params, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "schedule, reference",
+    [
+        pytest.param("constant", lambda s: np.ones_like(s), marks=pytest.mark.slow),
+        pytest.param("exponential", lambda s: 0.5 ** (s / 4), marks=pytest.mark.slow),
+        ("step", lambda s: 0.5 ** np.floor(s / 8)),
+        ("cosine", lambda s: 0.5 * (1 + np.cos(np.pi * np.minimum(s, 16) / 16))),
+    ],
+)
+def test_schedules_scale_the_base_rate(schedule, reference):
+    cfg = loop.TrainConfig(
+        epochs=4,
+        batch_size=8,
+        schedule=schedule,
+        decay_rate=0.5,
+        step_epochs=2,
+        eval_train=False,
+    )
+    res = loop.train(LINEAR, cfg, DATA, loop.Hyper(learning_rate=0.2), key=jax.random.key(0))
+    steps = np.arange(1, 5) * 4  # 4 steps per epoch, lr recorded after the epoch
+    np.testing.assert_allclose(res.history["lr"], 0.2 * reference(steps), rtol=1e-5, atol=1e-7)
+
+
+MLP = tasks.layer_task((Dense(8), BatchNorm(), Activation("relu"), Dropout(0.3), Dense(2)), (1, 3))
+MLP_CFG = loop.TrainConfig(epochs=4, batch_size=8, optimizer="momentum", patience=10)
+
+
+def test_scan_and_python_strategies_agree():
+    hp = loop.Hyper(learning_rate=0.1, l2=1e-3)
+    a = loop.train(MLP, MLP_CFG, DATA, hp, key=jax.random.key(5))
+    b = loop.train(
+        MLP, dataclasses.replace(MLP_CFG, strategy="python"), DATA, hp, key=jax.random.key(5)
+    )
+    assert (a.strategy, b.strategy) == ("scan", "python")
+    _tree_close(a.params, b.params, rtol=1e-5, atol=1e-6)
+    _tree_close(a.model_state, b.model_state, rtol=1e-5, atol=1e-6)
+    _tree_close(a.history, b.history, rtol=1e-5, atol=1e-6)
+    # Same root key, same dropout masks and data order: reproducible; other key differs.
+    c = loop.train(MLP, MLP_CFG, DATA, hp, key=jax.random.key(5))
+    d = loop.train(MLP, MLP_CFG, DATA, hp, key=jax.random.key(6))
+    _tree_close(a.params, c.params, rtol=0, atol=0)
+    assert not np.allclose(a.params["layer_0"]["kernel"], d.params["layer_0"]["kernel"])
+
+
+def test_auto_strategy_picks_python_for_convolutions():
+    conv = tasks.layer_task((Conv(2, (3, 3)), Flatten(), Dense(2)), (1, 5, 5, 1))
+    assert loop.pick_strategy(conv, loop.TrainConfig()) == "python"
+    assert loop.pick_strategy(MLP, loop.TrainConfig()) == "scan"
+    assert loop.pick_strategy(conv, loop.TrainConfig(strategy="scan")) == "scan"
+
+
+def test_batch_norm_statistics_are_carried():
+    """One full-batch step: running mean = 0.9·0 + 0.1·batch mean of the Dense output."""
+    task = tasks.layer_task((Dense(4), BatchNorm(momentum=0.9), Dense(2)), (1, 3))
+    cfg = loop.TrainConfig(epochs=1, batch_size=32, eval_train=False)
+    res = loop.train(task, cfg, DATA, loop.Hyper(learning_rate=0.1), key=jax.random.key(2))
+    p0, s0 = task.init(loop.split_keys(jax.random.key(2))[0])
+    h = X[:32] @ p0["layer_0"]["kernel"] + p0["layer_0"]["bias"]
+    np.testing.assert_allclose(res.model_state["layer_1"]["mean"], 0.1 * h.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        res.model_state["layer_1"]["var"], 0.9 * s0["layer_1"]["var"] + 0.1 * h.var(0), rtol=1e-4
+    )
+
+
+def test_early_stopping_keeps_the_best_epoch_and_params():
+    """Validation labels flipped: val loss rises while training, so epoch 0 is best."""
+    data = loop.Data(X[:32], Y[:32], X[:32], 1 - Y[:32])
+    cfg = loop.TrainConfig(epochs=20, batch_size=8, patience=3, eval_train=False)
+    res = loop.train(LINEAR, cfg, data, loop.Hyper(learning_rate=0.5), key=jax.random.key(0))
+    val = np.asarray(res.history["val_loss"])
+    assert int(res.best_epoch) == int(np.nanargmin(val)) == 0
+    assert int(res.epochs_run) == 4  # best at 0, then 3 epochs without improvement
+    assert np.all(np.isnan(val[4:])) and np.all(np.isfinite(val[:4]))
+    one = loop.train(
+        LINEAR,
+        dataclasses.replace(cfg, epochs=1, patience=None),
+        data,
+        loop.Hyper(learning_rate=0.5),
+        key=jax.random.key(0),
+    )
+    _tree_close(res.best_params, one.params, rtol=0, atol=0)
+
+
+def test_divergence_freezes_and_flags():
+    task = tasks.layer_task(
+        (Dense(8), Activation("relu"), Dense(1)), (1, 3), loss="mean_squared_error"
+    )
+    data = loop.Data(X[:32] * 10, jnp.ones(32) * 100.0)
+    cfg = loop.TrainConfig(epochs=5, batch_size=8, monitor="train_loss")
+    res = loop.train(task, cfg, data, loop.Hyper(learning_rate=100.0), key=jax.random.key(0))
+    assert bool(res.diverged) and int(res.diverged_step) >= 0
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(res.params))
+    assert int(res.epochs_run) < 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+        ({"schedule": "linear"}, "schedule must be one of"),
+        ({"grad_source": "numeric"}, "grad_source must be one of"),
+        ({"epochs": 0}, "epochs must be a positive int"),
+        ({"patience": 0}, "patience"),
+        ({"strategy": "pmap"}, "strategy must be one of"),
+    ],
+)
+def test_bad_config_is_a_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        loop.TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "hp, match",
+    [
+        (loop.Hyper(learning_rate=0.0), "learning_rate must be > 0"),
+        (loop.Hyper(learning_rate=-1.0), "learning_rate must be > 0"),
+        (loop.Hyper(momentum=1.5), "momentum"),
+        (loop.Hyper(l2=-0.1), "l2"),
+        (loop.Hyper(learning_rate=float("nan")), "learning_rate"),
+    ],
+)
+def test_bad_hyperparameters_are_value_errors(hp, match):
+    with pytest.raises(ValueError, match=match):
+        loop.train(LINEAR, loop.TrainConfig(batch_size=8), DATA, hp)
+
+
+def test_bad_sizes_and_monitor_are_value_errors():
+    with pytest.raises(ValueError, match="batch_size 64 is larger than the training set"):
+        loop.train(LINEAR, loop.TrainConfig(batch_size=64), DATA)
+    with pytest.raises(ValueError, match="monitor must be one of"):
+        loop.train(LINEAR, loop.TrainConfig(batch_size=8, monitor="val_auc"), DATA)
+    with pytest.raises(ValueError, match="full batches"):
+        loop.train(LINEAR, loop.TrainConfig(batch_size=5, grad_source="manual"), DATA)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        loop.make_optimizer("lbfgs")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        tasks.layer_task((Dense(2),), (1, 3), loss="hinge")
+
+
+def test_per_example_losses_match_nn_batch_losses():
+    from mljax.nn import losses
+
+    z = jax.random.normal(jax.random.key(0), (6, 3))
+    y = jnp.array([0, 2, 1, 1, 0, 2])
+    t = jax.random.normal(jax.random.key(1), (6, 3))
+    pe = tasks.per_example_loss_fn
+    np.testing.assert_allclose(
+        pe("softmax_cross_entropy")(z, y).mean(), losses.softmax_cross_entropy(z, y), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        pe("mean_squared_error")(z, t).mean(), losses.mean_squared_error(z, t), rtol=1e-6
+    )
+    tb = (t > 0).astype(jnp.float32)
+    np.testing.assert_allclose(
+        pe("binary_cross_entropy")(z, tb).mean(), losses.binary_cross_entropy(z, tb), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "layers, loss",
+    [
+        ((Dense(6), Activation("tanh"), Dropout(0.25), Dense(2)), "softmax_cross_entropy"),
+        ((Dense(5), Activation("sigmoid"), Dense(1), Activation("tanh")), "mean_squared_error"),
+    ],
+    ids=["dropout-ce", "playground-mse"],
+)
+def test_manual_and_autodiff_grad_sources_train_alike(layers, loss):
+    """Same dropout masks, same data order: the two gradient sources give the same run."""
+    task = tasks.layer_task(layers, (1, 3), loss=loss)
+    y = Y if loss == "softmax_cross_entropy" else 2.0 * Y - 1.0
+    data = loop.Data(X[:32], y[:32], X[32:], y[32:])
+    cfg = loop.TrainConfig(
+        epochs=3, batch_size=8, optimizer="nesterov", eval_train=False, strategy="python"
+    )
+    hp = loop.Hyper(learning_rate=0.1, l1=1e-3, l2=1e-2)
+    auto = loop.train(task, cfg, data, hp, key=jax.random.key(4))
+    manual = loop.train(
+        task, dataclasses.replace(cfg, grad_source="manual"), data, hp, key=jax.random.key(4)
+    )
+    _tree_close(auto.params, manual.params, rtol=1e-5, atol=1e-6)
+    _tree_close(auto.history, manual.history, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,158 @@
+"""Sweeps: members equal single runs, divergence isolation, chunking, datasets, sharding."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mljax.nn.layers import Activation, Dense
+from mljax.train import loop, sweep, tasks
+
+ROOT = Path(__file__).resolve().parents[2]
+X = jax.random.normal(jax.random.key(1), (60, 2))
+Y = jnp.where(X[:, 0] * X[:, 1] > 0, 1.0, -1.0)
+DATA = loop.Data(X[:40], Y[:40], X[40:], Y[40:])
+TASK = tasks.layer_task((Dense(6), Activation("relu"), Dense(1)), (1, 2), loss="mean_squared_error")
+CFG = loop.TrainConfig(epochs=6, batch_size=10, optimizer="momentum")
+
+
+def _equal(a, b):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+@pytest.fixture(scope="module")
+def with_divergent():
+    """lr 30 diverges on this problem; 0.05 and 0.2 do not."""
+    members = sweep.grid_members(2, {"learning_rate": [0.05, 30.0, 0.2], "l2": [0.0, 0.01]})
+    return members, sweep.sweep(TASK, CFG, DATA, members, devices=None)
+
+
+def test_divergent_members_are_frozen_and_others_bit_identical(with_divergent):
+    members, res = with_divergent
+    assert res.strategy == "vmap"
+    lrs = np.array([m.hyper.learning_rate for m in members])
+    np.testing.assert_array_equal(res.diverged, lrs == 30.0)
+    assert np.all(res.diverged_step[res.diverged] >= 0)
+    assert np.all(res.epochs_run[res.diverged] < CFG.epochs)
+    for leaf in jax.tree.leaves(res.params):
+        assert np.all(np.isfinite(leaf))  # frozen at the last finite step
+    good = [m for m in members if m.hyper.learning_rate != 30.0]
+    alone = sweep.sweep(TASK, CFG, DATA, good, devices=None)
+    _equal(jax.tree.map(lambda a: a[~res.diverged], res.params), alone.params)
+    _equal({k: v[~res.diverged] for k, v in res.history.items()}, alone.history)
+    assert not alone.diverged.any()
+    # ... and each equals training it alone, outside any sweep.
+    m = good[3]
+    single = loop.train(TASK, CFG, DATA, m.hyper, key=jax.random.fold_in(jax.random.key(0), m.seed))
+    _equal(jax.tree.map(lambda a: a[3], alone.params), single.params)
+    _equal({k: v[3] for k, v in alone.history.items()}, single.history)
+
+
+def test_chunking_gives_the_same_results(with_divergent):
+    members, res = with_divergent
+    chunked = sweep.sweep(TASK, CFG, DATA, members, chunk_size=5, devices=None)
+    _equal(res.params, chunked.params)
+    np.testing.assert_array_equal(res.best_epoch, chunked.best_epoch)
+
+
+def test_tidy_rows(with_divergent):
+    members, res = with_divergent
+    assert len(res.rows) == len(members) == 12
+    row = res.rows[5]
+    assert row["seed"] == members[5].seed
+    assert row["learning_rate"] == pytest.approx(members[5].hyper.learning_rate)
+    assert row["l2"] == pytest.approx(members[5].hyper.l2)
+    assert row["best_val_loss"] == pytest.approx(float(np.nanmin(res.history["val_loss"][5])))
+    assert row["diverged"] == bool(res.diverged[5])
+
+
+def test_same_shape_datasets_are_swept_as_traced_data():
+    other = loop.Data(-X[:40], Y[:40], -X[40:], Y[40:])
+    members = sweep.grid_members([0, 1], data_indices=(0, 1), base=loop.Hyper(learning_rate=0.1))
+    res = sweep.sweep(TASK, CFG, [DATA, other], members, devices=None, data_names=["a", "b"])
+    assert [r["data"] for r in res.rows] == ["a", "a", "b", "b"]
+    one = sweep.sweep(
+        TASK, CFG, other, [m._replace(data_index=0) for m in members[2:]], devices=None
+    )
+    _equal(jax.tree.map(lambda a: a[2:], res.params), one.params)
+
+
+@pytest.mark.slow
+def test_sequential_strategy_agrees_with_vmap():
+    members = sweep.grid_members(2, {"learning_rate": [0.1]})
+    vm = sweep.sweep(TASK, CFG, DATA, members, devices=None)
+    seq = sweep.sweep(TASK, CFG, DATA, members, strategy="sequential")
+    assert seq.strategy == "sequential"
+    for u, v in zip(jax.tree.leaves(vm.params), jax.tree.leaves(seq.params), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: sweep.grid_members(2, {"learning_rate": []}), "is empty"),
+        (lambda: sweep.grid_members(2, {"lr": [0.1]}), "unknown hyperparameter"),
+        (lambda: sweep.grid_members([], {"learning_rate": [0.1]}), "at least one seed"),
+        (lambda: sweep.sweep(TASK, CFG, DATA, []), "members is empty"),
+        (
+            lambda: sweep.sweep(
+                TASK, CFG, DATA, sweep.grid_members(1, {"learning_rate": [0.1, -0.1]})
+            ),
+            "learning_rate must be > 0",
+        ),
+        (
+            lambda: sweep.sweep(TASK, CFG, [DATA, loop.Data(X, Y, X, Y)], sweep.grid_members(1)),
+            "must share shapes",
+        ),
+        (
+            lambda: sweep.sweep(TASK, CFG, DATA, sweep.grid_members(1), strategy="pmap"),
+            "strategy must be one of",
+        ),
+    ],
+    ids=["empty-values", "unknown-field", "no-seeds", "no-members", "bad-lr", "shapes", "strategy"],
+)
+def test_bad_input_is_a_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+SHARDED = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np
+    from mljax.nn.layers import Activation, Dense
+    from mljax.train import loop, sweep, tasks
+    assert jax.device_count() == 4, jax.devices()
+    x = jax.random.normal(jax.random.key(1), (60, 2)); y = jnp.where(x[:, 0] * x[:, 1] > 0, 1.0, -1.0)
+    task = tasks.layer_task((Dense(6), Activation("relu"), Dense(1)), (1, 2), loss="mean_squared_error")
+    cfg = loop.TrainConfig(epochs=4, batch_size=10, optimizer="momentum")
+    data = loop.Data(x[:40], y[:40], x[40:], y[40:])
+    members = sweep.grid_members(3, {"learning_rate": [0.05, 30.0], "l2": [0.0, 0.01]})
+    sharded = sweep.sweep(task, cfg, data, members, chunk_size=6)
+    single = sweep.sweep(task, cfg, data, members, devices=[jax.devices()[0]])
+    assert sharded.devices == 4 and single.devices == 1, (sharded.devices, single.devices)
+    for a, b in zip(jax.tree.leaves((sharded.params, sharded.history, sharded.diverged)),
+                    jax.tree.leaves((single.params, single.history, single.diverged))):
+        np.testing.assert_array_equal(a, b)
+    print("SHARDED-OK", int(sharded.diverged.sum()))
+    """
+)
+
+
+def test_sharded_sweep_equals_one_device():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run(
+        [sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SHARDED-OK 6" in done.stdout
