@@ -243,7 +243,6 @@ def _lloyd(x, w, centroids0, tol_abs, max_iter, chunk_size):
     n = x.shape[0]
     k = centroids0.shape[0]
     xp, wp = _chunked(x, w, chunk_size)
-    valid = jnp.arange(wp.size) < n
 
     def cond(s: _LloydState):
         return jnp.logical_and(s.n_iter < max_iter, jnp.logical_not(s.done))
@@ -254,7 +253,8 @@ def _lloyd(x, w, centroids0, tol_abs, max_iter, chunk_size):
         # the j-th empty cluster gets the j-th farthest point, whose weighted contribution is
         # moved out of the cluster it was assigned to.
         empty = weights == 0
-        far_d = jnp.where(valid, mind, -jnp.inf)
+        # Only points that carry weight can fill a cluster (padding has weight 0).
+        far_d = jnp.where(wp.reshape(-1) > 0, mind, -jnp.inf)
         _, far = lax.top_k(far_d, k)  # [k] farthest points, descending
         rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)  # rank among the empty clusters
         p = far[rank]  # [k] the point each cluster would take if it is empty

@@ -304,3 +304,19 @@ def test_bad_input_raises_value_error(name, kwargs, match):
 def test_predict_bad_centroids():
     with pytest.raises(ValueError, match="centroids must have shape"):
         kmeans.predict(GOOD_X, np.zeros((3, 5)))
+
+
+def test_zero_weights_equal_dropping_the_points(x64):
+    # Zero-weight rows (e.g. other classes masked out) must not move centres nor be chosen
+    # to refill an empty cluster; the far centre below is empty after the first step.
+    x, _ = _blobs(400, 2, 3, 1.0, seed=13)
+    keep = np.arange(400) % 3 != 0
+    c0 = np.concatenate([x[keep][:3], [[50.0, 50.0]]])
+    w = keep.astype(float)
+    masked = kmeans.fit(jax.random.key(0), x, 4, init=c0, sample_weight=w)
+    subset = KMeans(4, init=c0, n_init=1, algorithm="lloyd").fit(x[keep])
+    np.testing.assert_allclose(np.asarray(masked.centroids), subset.cluster_centers_, rtol=1e-6)
+    np.testing.assert_allclose(float(masked.inertia), subset.inertia_, rtol=1e-9)
+    np.testing.assert_array_equal(np.asarray(masked.labels)[keep], subset.labels_)
+    pp = np.asarray(kmeans.kmeans_plusplus(jax.random.key(1), x, 4, sample_weight=w))
+    assert all(np.any(np.all(x[keep] == c, axis=1)) for c in pp)
