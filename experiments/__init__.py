@@ -35,7 +35,22 @@ class ExperimentInfo:
 
 
 # Add an entry here when an experiment module lands (keep the SPEC order).
-REGISTRY: tuple[ExperimentInfo, ...] = ()
+REGISTRY: tuple[ExperimentInfo, ...] = (
+    ExperimentInfo(
+        "gmm_vs_kmeans",
+        "002_427b848819f7c5b5.txt",
+        "Question 1",
+        "EM for a full-covariance GMM vs k-means on four blobs, k in {3, 4}: ARI, ellipses",
+        "E1",
+    ),
+    ExperimentInfo(
+        "mog",
+        "000_83718215b190346b.txt",
+        "CSC2515 A2 Question 4",
+        "Diagonal MoG: rand_const vs k-means init; MoG classifier error vs components",
+        "E9",
+    ),
+)
 
 
 def get(name: str) -> ExperimentInfo:
