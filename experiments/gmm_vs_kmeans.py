@@ -152,26 +152,30 @@ def _figures(x, runs, run_dir):
 
     colors = np.array(["#4EACC5", "#FF9C34", "#4E9A06", "m"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    # Each panel shows the run with the best objective over the seeds (restarts).
     for ax, k in zip(axes, KS, strict=True):
-        p = runs[k]["gmm_params"]
-        ax.scatter(x[:, 0], x[:, 1], s=2, c=colors[runs[k]["gmm_labels"][0]], alpha=0.4)
-        _ellipses(ax, p.means[0], p.covariances[0], "k")
-        ax.set_title(f"GMM, k = {k}: 1σ and 2σ ellipses (seed 0)")
+        p, i = runs[k]["gmm_params"], int(np.argmax(runs[k]["gmm_ll"]))
+        ax.scatter(x[:, 0], x[:, 1], s=2, c=colors[runs[k]["gmm_labels"][i]], alpha=0.4)
+        _ellipses(ax, p.means[i], p.covariances[i], "k")
+        ax.set_title(f"GMM, k = {k}: 1σ and 2σ ellipses (best log-lik.)")
         ax.set_aspect("equal")
     plots.save_figure(fig, run_dir.file("gmm_ellipses.png"))
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 9))
     for row, k in enumerate(KS):
         r = runs[k]
-        for col, (name, labels) in enumerate(
-            (("GMM", r["gmm_labels"][0]), ("k-means", r["km_labels"][0]))
+        ig, ik = int(np.argmax(r["gmm_ll"])), int(np.argmin(r["km_inertia"]))
+        for col, (name, labels, ari) in enumerate(
+            (
+                ("GMM", r["gmm_labels"][ig], r["gmm_ari"][ig]),
+                ("k-means", r["km_labels"][ik], r["km_ari"][ik]),
+            )
         ):
             ax = axes[row, col]
             ax.scatter(x[:, 0], x[:, 1], s=2, c=colors[labels])
-            ari = r["gmm_ari"][0] if name == "GMM" else r["km_ari"][0]
-            ax.set_title(f"{name}, k = {k} (ARI {ari:.3f}, seed 0)")
+            ax.set_title(f"{name}, k = {k} (ARI {ari:.3f}, best objective)")
             ax.set_aspect("equal")
-        axes[row, 1].plot(*r["km_centroids"][0].T, "kx", ms=10)
+        axes[row, 1].plot(*r["km_centroids"][ik].T, "kx", ms=10)
     plots.save_figure(fig, run_dir.file("assignments.png"))
 
 

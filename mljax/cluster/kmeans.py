@@ -36,8 +36,22 @@ import numpy as np
 from jax import lax
 
 INITS = ("k-means++", "random")
-DEFAULT_CHUNK_SIZE = 4096
-"""Rows per chunk for the distance computations (memory is ``O(chunk × k)``)."""
+CHUNK_ELEMENTS = 1 << 22
+"""Default budget of the per-chunk ``[chunk, k]`` distance block (16 MiB in float32): the
+chunk is ``CHUNK_ELEMENTS // k`` rows (at least 256), so memory is ``O(chunk × k)``."""
+
+
+def auto_chunk_size(n: int, k: int) -> int:
+    """Default rows per chunk for ``n`` points and ``k`` centres."""
+    return int(max(256, min(n, CHUNK_ELEMENTS // max(k, 1))))
+
+
+def _check_chunk(chunk_size, n, k):
+    if chunk_size is None:
+        return auto_chunk_size(n, k)
+    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be None or an int >= 1; got {chunk_size!r}")
+    return int(chunk_size)
 
 
 class KMeansResult(NamedTuple):
@@ -178,17 +192,19 @@ def _assign(xp, wp, centroids, *, with_sums):
     return labels, mind
 
 
-def _inertia(xp, wp, centroids, labels):
-    """Exact ``sum_i w_i ||x_i - c_{z_i}||²`` from the differences (no expansion)."""
-    lab = labels.reshape(wp.shape)
+def _assign_inertia(xp, wp, centroids):
+    """Final pass: labels ``[m*c]`` and the exact inertia ``sum_i w_i ||x_i - c_{z_i}||²``
+    (from the differences, not the expansion, so it is accurate in float32)."""
+    cc = jnp.sum(centroids * centroids, axis=1)
 
     def body(acc, chunk):
-        xc, wc, lc = chunk
-        diff = xc - centroids[lc]
-        return acc + jnp.sum(wc * jnp.sum(diff * diff, axis=1)), None
+        xc, wc = chunk
+        lab = jnp.argmin(_sq_dist(xc, jnp.sum(xc * xc, axis=1), centroids, cc), axis=1)
+        diff = xc - centroids[lab]
+        return acc + jnp.sum(wc * jnp.sum(diff * diff, axis=1)), lab.astype(jnp.int32)
 
-    acc, _ = lax.scan(body, jnp.zeros((), xp.dtype), (xp, wp, lab))
-    return acc
+    acc, labels = lax.scan(body, jnp.zeros((), xp.dtype), (xp, wp))
+    return labels.reshape(-1), acc
 
 
 # ----------------------------------------------------------------------------- initialisation
@@ -280,8 +296,7 @@ def _lloyd(x, w, centroids0, tol_abs, max_iter, chunk_size):
     )
     s = lax.while_loop(cond, body, init)
     # A final assignment so that labels match the returned centroids.
-    labels, _ = _assign(xp, wp, s.centroids, with_sums=False)
-    inertia = _inertia(xp, wp, s.centroids, labels)
+    labels, inertia = _assign_inertia(xp, wp, s.centroids)
     return KMeansResult(s.centroids, labels[:n], inertia, s.n_iter, s.done)
 
 
@@ -339,7 +354,7 @@ def fit(
     max_iter: int = 300,
     tol=1e-4,
     sample_weight=None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> KMeansResult:
     """Fits k-means by Lloyd's algorithm with restarts.
 
@@ -354,7 +369,8 @@ def fit(
         tol: relative tolerance: stop when the total squared centre shift is at most
             ``tol × mean_f Var(x_f)`` (may be traced).
         sample_weight: optional ``[n]`` non-negative weights (default all ones).
-        chunk_size: rows per chunk of the distance computation (static).
+        chunk_size: rows per chunk of the distance computation (static); default
+            :func:`auto_chunk_size`.
 
     Returns:
         :class:`KMeansResult` with ``centroids [k, d]``, ``labels [n]``, ``inertia``,
@@ -365,8 +381,7 @@ def fit(
             ``sample_weight``, an unknown ``init`` or centroids of the wrong shape.
     """
     x, w, init_array = _validate(x, k, init, n_init, max_iter, tol, sample_weight)
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1; got {chunk_size!r}")
+    chunk_size = _check_chunk(chunk_size, x.shape[0], k)
     if init_array is not None:
         n_init = 1
     return _fit_jit(
@@ -406,19 +421,19 @@ def _predict(x, centroids, chunk_size):
     return labels[: x.shape[0]]
 
 
-def predict(x, centroids, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
+def predict(x, centroids, *, chunk_size: int | None = None) -> jax.Array:
     """Index of the closest centroid of each point.
 
     Args:
         x: ``[n, d]`` points.
         centroids: ``[k, d]`` centres (e.g. ``fit(...).centroids``).
-        chunk_size: rows per chunk (static).
+        chunk_size: rows per chunk (static); default :func:`auto_chunk_size`.
 
     Returns:
         ``[n]`` int32 labels.
     """
     x, centroids = _check_predict_args(x, centroids)
-    return _predict(x, centroids, chunk_size)
+    return _predict(x, centroids, _check_chunk(chunk_size, x.shape[0], centroids.shape[0]))
 
 
 @jax.jit

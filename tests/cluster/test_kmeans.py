@@ -196,8 +196,15 @@ DEGENERATE = [
 ]
 
 
-@pytest.mark.parametrize("name,x,k", DEGENERATE, ids=[c[0] for c in DEGENERATE])
-@pytest.mark.parametrize("init", ["k-means++", "random"])
+# Each case with k-means++; "random" on the two cases where it draws from duplicates.
+DEGENERATE_RUNS = [(*c, "k-means++") for c in DEGENERATE] + [
+    (*c, "random") for c in DEGENERATE if c[0] in ("all_duplicates", "fewer_distinct_than_k")
+]
+
+
+@pytest.mark.parametrize(
+    "name,x,k,init", DEGENERATE_RUNS, ids=[f"{c[0]}-{c[3]}" for c in DEGENERATE_RUNS]
+)
 def test_degenerate_inputs_are_finite(name, x, k, init):
     r = kmeans.fit(jax.random.key(0), x.astype(np.float32), k, init=init)
     assert np.all(np.isfinite(np.asarray(r.centroids)))
