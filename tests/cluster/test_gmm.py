@@ -383,7 +383,7 @@ def test_fit_under_jit_and_vmap_over_keys():
 
 def test_select_k_by_bic_finds_three_blobs(x64):
     x = blobs(n_per=80, d=2, spread=10.0)
-    sel = gmm.select_k_by_bic(jax.random.key(0), x, [2, 3, 4], n_init=3)
+    sel = gmm.select_k_by_bic(jax.random.key(0), x, [2, 3, 4], init="random_from_data", n_init=4)
     assert sel.best_k == 3
     sk = sk_with_params(sel.best.params, "full")
     assert rel_err(sel.bic[1], sk.bic(x)) < 1e-10
@@ -391,7 +391,7 @@ def test_select_k_by_bic_finds_three_blobs(x64):
 
 def test_min_variance_floors_diagonal():
     x = blobs(n_per=50, dtype=np.float32) * 0.01
-    for ct in COV_TYPES:
+    for ct in ("full", "spherical"):
         res = gmm.fit(
             jax.random.key(0), x, 3, covariance_type=ct, init="random_from_data", min_variance=0.5
         )
@@ -406,16 +406,19 @@ def test_sample_moments(covariance_type):
         lambda a: jnp.asarray(a, jnp.float32),
         start_params(blobs(), 3, covariance_type)[0],
     )
-    xs, z = gmm.sample(jax.random.key(0), params, 60_000)
+    xs, z = gmm.sample(jax.random.key(0), params, 60_000, covariance_type=covariance_type)
     assert xs.shape == (60_000, 3) and z.shape == (60_000,)
     freq = np.bincount(np.asarray(z), minlength=3) / len(z)
     np.testing.assert_allclose(freq, params.weights, atol=0.01)
-    full = {
-        "full": params.covariances,
-        "tied": jnp.broadcast_to(params.covariances, (3, 3, 3)),
-        "diag": jax.vmap(jnp.diag)(params.covariances),
-        "spherical": params.covariances[:, None, None] * jnp.eye(3)[None],
-    }[covariance_type]
+    cov = np.asarray(params.covariances)
+    if covariance_type == "full":
+        full = cov
+    elif covariance_type == "tied":
+        full = np.stack([cov] * 3)
+    elif covariance_type == "diag":
+        full = np.stack([np.diag(c) for c in cov])
+    else:
+        full = cov[:, None, None] * np.eye(3)[None]
     for j in range(3):
         pts = np.asarray(xs)[np.asarray(z) == j]
         sd = np.sqrt(np.diag(full[j]))
@@ -491,7 +494,7 @@ def _params(shape_k=3, d=2, cov=None):
 
 
 BAD = {
-    "nan_x": (dict(x=np.where(X_OK > 2, np.nan, X_OK)), "x"),
+    "nan_x": (dict(x=np.where(np.arange(20)[:, None] == 3, np.nan, X_OK)), "x"),
     "inf_x": (dict(x=np.full((5, 2), np.inf)), "x"),
     "x_1d": (dict(x=np.zeros(5)), "x"),
     "k_zero": (dict(k=0), "k"),
