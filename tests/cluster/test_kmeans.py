@@ -35,6 +35,8 @@ PARITY_CASES = [
     ("tol0_runs_to_strict", 800, 3, 4, 2.5, 6, 0.0, False),
     ("weighted", 700, 4, 4, 2.0, 5, 1e-4, True),
     ("loose_tol", 1000, 2, 6, 1.5, 6, 1e-1, False),
+    # d >= 128 takes the one-hot-matmul path for the cluster sums instead of the scatter.
+    ("wide_rows_weighted", 300, 130, 3, 6.0, 4, 1e-4, True),
 ]
 
 
