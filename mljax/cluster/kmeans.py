@@ -288,21 +288,29 @@ def _lloyd(x, w, centroids0, tol_abs, max_iter, chunk_size):
         # the j-th empty cluster gets the j-th farthest point, whose weighted contribution is
         # moved out of the cluster it was assigned to.
         empty = weights == 0
-        # Only points that carry weight can fill a cluster (padding has weight 0).
-        far_d = jnp.where(wp.reshape(-1) > 0, mind, -jnp.inf)
-        _, far = lax.top_k(far_d, k)  # [k] farthest points, descending
-        rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)  # rank among the empty clusters
-        p = far[rank]  # [k] the point each cluster would take if it is empty
-        x_flat, w_flat = xp.reshape(-1, x.shape[1]), wp.reshape(-1)
-        # When every point sits on its centre, moving one is pointless (as scikit-learn).
-        move = jnp.logical_and(empty, jnp.max(far_d) > 0)
-        moved_w = jnp.where(move, w_flat[p], 0.0)
-        moved_x = x_flat[p] * moved_w[:, None]
-        # A moved point leaves its previous cluster, which is never an empty one.
-        out_x = jax.ops.segment_sum(moved_x, labels[p], num_segments=k)
-        out_w = jax.ops.segment_sum(moved_w, labels[p], num_segments=k)
-        sums = jnp.where(move[:, None], moved_x, sums - out_x)
-        weights = jnp.where(move, moved_w, weights - out_w)
+
+        def relocate(args):
+            sums, weights = args
+            # Only points that carry weight can fill a cluster (padding has weight 0).
+            far_d = jnp.where(wp.reshape(-1) > 0, mind, -jnp.inf)
+            _, far = lax.top_k(far_d, k)  # [k] farthest points, descending
+            rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)  # rank among the empty clusters
+            p = far[rank]  # [k] the point each cluster would take if it is empty
+            x_flat, w_flat = xp.reshape(-1, x.shape[1]), wp.reshape(-1)
+            # When every point sits on its centre, moving one is pointless (as scikit-learn).
+            move = jnp.logical_and(empty, jnp.max(far_d) > 0)
+            moved_w = jnp.where(move, w_flat[p], 0.0)
+            moved_x = x_flat[p] * moved_w[:, None]
+            # A moved point leaves its previous cluster, which is never an empty one.
+            out_x = jax.ops.segment_sum(moved_x, labels[p], num_segments=k)
+            out_w = jax.ops.segment_sum(moved_w, labels[p], num_segments=k)
+            return (
+                jnp.where(move[:, None], moved_x, sums - out_x),
+                jnp.where(move, moved_w, weights - out_w),
+            )
+
+        # The top-k over all n points is skipped in the usual case of no empty cluster.
+        sums, weights = lax.cond(jnp.any(empty), relocate, lambda a: a, (sums, weights))
         safe = jnp.where(weights > 0, weights, 1.0)
         new = jnp.where((weights > 0)[:, None], sums / safe[:, None], s.centroids)
         shift = jnp.sum((new - s.centroids) ** 2)
