@@ -72,7 +72,7 @@ def report_init(key, x, k):
 def fit_seeds(keys, x, y, k, *, max_iter, tol):
     """GMM and k-means for every key (vmapped): ARI, log-likelihood/inertia, iterations."""
 
-    def one(key):
+    def one(key, x, y):
         kg, kk = jax.random.split(key)
         g = gmm.fit(
             kg, x, k, covariance_type="full", init=report_init(kg, x, k),
@@ -94,7 +94,8 @@ def fit_seeds(keys, x, y, k, *, max_iter, tol):
             "km_n_iter": km.n_iter,
         }
 
-    return jax.jit(jax.vmap(one))(keys)
+    # Data as arguments, not closure constants (XLA would constant-fold over them).
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))(keys, x, y)
 
 
 def _ellipses(ax, means, covs, color):

@@ -110,14 +110,15 @@ def init_study(key, x, *, k, restarts, init, max_iter, tol, min_variance, rand_c
     """EM from ``restarts`` initialisations (vmapped): traces ``[r, max_iter]``, final mean
     log-likelihoods ``[r]``, iterations ``[r]``."""
 
-    def one(key):
+    def one(key, x):
         r = gmm.fit(
             key, x, k, covariance_type="diag", init=init, max_iter=max_iter, tol=tol,
             reg_covar=0.0, min_variance=min_variance, rand_const=rand_const,
         )  # fmt: skip
         return r.log_likelihood_trace, r.log_likelihood, r.n_iter
 
-    return jax.jit(jax.vmap(one))(jax.random.split(key, restarts))
+    # x is an argument, not a closure constant: XLA would otherwise constant-fold over it.
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))(jax.random.split(key, restarts), x)
 
 
 def run(config: Config, run_dir) -> dict:

@@ -35,7 +35,7 @@ def _data(sizes, d=3, seed=0):
     return np.concatenate(xs)[perm], np.concatenate(ys)[perm]
 
 
-@pytest.mark.parametrize("covariance_type", ["diag", "full", "spherical"])
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
 def test_k1_is_the_class_mean_and_covariance(covariance_type):
     # One component per class: EM's answer is the class's MLE Gaussian in closed form, so
     # this also checks that the padding rows of the smaller classes carry no weight.
@@ -85,20 +85,26 @@ def test_balanced_classes_equal_separate_gmm_fits():
     # that class with the class's split key.
     x, y = _data([70, 70, 70], seed=2)
     key = jax.random.key(3)
-    model = mc.fit(key, x, y, 3, 2, covariance_type="diag", n_init=2)
+    model = mc.fit(key, x, y, 3, 2, covariance_type="diag")
     keys = jax.random.split(key, 3)
     for c in range(3):
-        r = gmm.fit(keys[c], x[y == c], 2, covariance_type="diag", n_init=2)
+        r = gmm.fit(keys[c], x[y == c], 2, covariance_type="diag")
         np.testing.assert_allclose(
             np.asarray(model.params.means[c]), np.asarray(r.params.means), rtol=1e-8
         )
         assert int(model.n_iter[c]) == int(r.n_iter)
 
 
-@pytest.mark.parametrize("covariance_type", ["diag", "full"])
-def test_bayes_rule_matches_scipy(covariance_type):
-    x, y = _data([40, 60, 80], seed=4)
-    model = mc.fit(jax.random.key(0), x, y, 3, 2, covariance_type=covariance_type)
+@pytest.fixture(scope="module")
+def diag_model():
+    with jax.enable_x64(True):
+        x, y = _data([40, 60, 80], seed=4)
+        return mc.fit(jax.random.key(0), x, y, 3, 2, covariance_type="diag"), x
+
+
+def test_bayes_rule_matches_scipy(diag_model):
+    model, _ = diag_model
+    covariance_type = "diag"
     xt, yt = _data([30, 30, 30], seed=5)
     joint = np.zeros((len(xt), 3))
     for c in range(3):
@@ -121,15 +127,14 @@ def test_bayes_rule_matches_scipy(covariance_type):
 
 
 @pytest.mark.parametrize("mode", ["jit", "vmap"])
-def test_predict_under_jit_and_vmap(mode):
-    x, y = _data([40, 50, 60], seed=6)
-    model = mc.fit(jax.random.key(0), x, y, 3, 2)
+def test_predict_under_jit_and_vmap(mode, diag_model):
+    model, x = diag_model
     eager = np.asarray(mc.predict_proba(model, x))
     f = functools.partial(mc.predict_proba, covariance_type="diag")
     if mode == "jit":
         got = jax.jit(f)(model, x)
     else:
-        got = jax.vmap(f, in_axes=(None, 0))(model, x.reshape(5, 30, 3)).reshape(150, 3)
+        got = jax.vmap(f, in_axes=(None, 0))(model, x.reshape(6, 30, 3)).reshape(180, 3)
     np.testing.assert_allclose(np.asarray(got), eager, rtol=1e-10)
 
 
