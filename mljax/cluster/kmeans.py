@@ -9,7 +9,9 @@ by alternating an assignment step ``z_i = argmin_j ||x_i - c_j||²`` and an upda
 
 Distances use ``||x||² - 2 x·c + ||c||²`` so the work is one matmul, computed over fixed-size
 chunks of the data (zero-padded, padding masked out by a zero weight) so memory stays
-``O(chunk × k)`` rather than ``O(n × k × d)``. Data are centred on their mean before the
+``O(chunk × k)`` rather than ``O(n × k × d)``; the default chunk holds ``2**22`` distances.
+Cluster sums are a scatter-add for narrow rows and a one-hot matmul for wide ones (whichever
+measured faster on CPU). Data are centred on their mean before the
 iterations (as scikit-learn does), which keeps the expanded distance accurate in float32.
 
 Stopping follows scikit-learn's Lloyd: stop when the labels no longer change ("strict"
