@@ -37,6 +37,13 @@ class ExperimentInfo:
 # Add an entry here when an experiment module lands (keep the SPEC order).
 REGISTRY: tuple[ExperimentInfo, ...] = (
     ExperimentInfo(
+        "gmm_vs_kmeans",
+        "002_427b848819f7c5b5.txt",
+        "Question 1",
+        "EM for a full-covariance GMM vs k-means on four blobs, k in {3, 4}: ARI, ellipses",
+        "E1",
+    ),
+    ExperimentInfo(
         name="sigmoid_net",
         seed_file="002_427b848819f7c5b5.txt",
         section="Question 2",
@@ -59,6 +66,13 @@ REGISTRY: tuple[ExperimentInfo, ...] = (
         "TensorFlow Playground tables (datasets x features x activation x L1/L2 x seeds) "
         "as one vmapped sweep; decision boundaries, loss curves, activation comparison",
         "E5",
+    ),
+    ExperimentInfo(
+        "mog",
+        "000_83718215b190346b.txt",
+        "CSC2515 A2 Question 4",
+        "Diagonal MoG: rand_const vs k-means init; MoG classifier error vs components",
+        "E9",
     ),
 )
 

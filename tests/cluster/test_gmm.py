@@ -1,0 +1,530 @@
+"""Tests of mljax.cluster.gmm against scikit-learn, autodiff and closed forms."""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+from mljax.cluster import gmm
+
+COV_TYPES = gmm.COVARIANCE_TYPES
+
+
+@pytest.fixture(autouse=True)
+def _strict_ranks():
+    with jax.numpy_rank_promotion("raise"):
+        yield
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def blobs(n_per=60, d=3, k=3, seed=0, spread=4.0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * spread
+    scales = rng.uniform(0.5, 1.5, size=(k, d))
+    x = np.concatenate([centres[j] + scales[j] * rng.normal(size=(n_per, d)) for j in range(k)])
+    return rng.permutation(x).astype(dtype)
+
+
+def start_params(x, k, covariance_type, seed=1):
+    """Deliberately imperfect starting parameters (numpy) and sklearn's precisions_init."""
+    rng = np.random.default_rng(seed)
+    d = x.shape[1]
+    weights = rng.uniform(0.5, 1.5, size=k)
+    weights /= weights.sum()
+    means = x[rng.choice(len(x), k, replace=False)] + 0.1
+    var = x.var(axis=0)
+    if covariance_type == "full":
+        a = rng.normal(size=(k, d, d)) * 0.3
+        cov = np.einsum("kij,klj->kil", a, a) + np.diag(var)[None]
+        prec = np.linalg.inv(cov)
+    elif covariance_type == "tied":
+        a = rng.normal(size=(d, d)) * 0.3
+        cov = a @ a.T + np.diag(var)
+        prec = np.linalg.inv(cov)
+    elif covariance_type == "diag":
+        cov = var[None] * rng.uniform(0.5, 2.0, size=(k, d))
+        prec = 1.0 / cov
+    else:
+        cov = var.mean() * rng.uniform(0.5, 2.0, size=k)
+        prec = 1.0 / cov
+    return gmm.GMMParams(weights, means, cov), prec
+
+
+def sk_model(params, covariance_type, prec, **kw):
+    return GaussianMixture(
+        n_components=len(params.weights),
+        covariance_type=covariance_type,
+        weights_init=params.weights,
+        means_init=params.means,
+        precisions_init=prec,
+        **kw,
+    )
+
+
+def sk_with_params(params, covariance_type):
+    """A fitted-looking sklearn model holding exactly ``params``."""
+    m = GaussianMixture(n_components=len(params.weights), covariance_type=covariance_type)
+    m.weights_ = np.asarray(params.weights)
+    m.means_ = np.asarray(params.means)
+    m.covariances_ = np.asarray(params.covariances)
+    m.precisions_cholesky_ = np.asarray(
+        gmm.compute_precision_cholesky(jnp.asarray(params.covariances), covariance_type)
+    )
+    m.n_features_in_ = m.means_.shape[1]
+    return m
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300)
+
+
+# ----------------------------------------------------------------------------- sklearn parity
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_fit_matches_sklearn_per_iteration(x64, covariance_type):
+    x = blobs()
+    p0, prec = start_params(x, 3, covariance_type)
+    n_iter = 8
+    sk = sk_model(p0, covariance_type, prec, max_iter=n_iter, tol=0.0, reg_covar=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk.fit(x)
+    res = gmm.fit(
+        jax.random.key(0), x, 3, covariance_type=covariance_type, init=p0,
+        max_iter=n_iter, tol=0.0, reg_covar=1e-6,
+    )  # fmt: skip
+    assert res.params.means.dtype == jnp.float64
+    assert int(res.n_iter) == n_iter and not bool(res.converged)
+    assert rel_err(res.log_likelihood_trace, np.array(sk.lower_bounds_)) < 1e-6
+    assert rel_err(res.params.weights, sk.weights_) < 1e-6
+    assert rel_err(res.params.means, sk.means_) < 1e-6
+    assert rel_err(res.params.covariances, sk.covariances_) < 1e-6
+    assert rel_err(res.params.precisions_cholesky, sk.precisions_cholesky_) < 1e-6
+    assert rel_err(res.log_likelihood, sk.score(x)) < 1e-6
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_trace_nan_after_convergence(x64, covariance_type):
+    x = blobs()
+    p0, prec = start_params(x, 3, covariance_type)
+    sk = sk_model(p0, covariance_type, prec, max_iter=200, tol=1e-3).fit(x)
+    res = gmm.fit(
+        jax.random.key(0), x, 3, covariance_type=covariance_type, init=p0, max_iter=200, tol=1e-3
+    )
+    n = int(res.n_iter)
+    assert bool(res.converged) and n == sk.n_iter_
+    trace = np.asarray(res.log_likelihood_trace)
+    assert np.all(np.isfinite(trace[:n])) and np.all(np.isnan(trace[n:]))
+    assert rel_err(trace[:n], np.array(sk.lower_bounds_)) < 1e-6
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("variant", ["eager", "jit", "vmap"])
+def test_e_step_matches_sklearn(x64, covariance_type, variant):
+    x = blobs()
+    p0, _ = start_params(x, 3, covariance_type)
+    p1, _ = start_params(x, 3, covariance_type, seed=7)
+    params = jax.tree.map(jnp.asarray, p0)
+    sk = sk_with_params(params, covariance_type)
+    ref_ll, ref_lr = sk._e_step(x)
+
+    def f(p):
+        return gmm.e_step(x, p, covariance_type=covariance_type, chunk_size=17)
+
+    if variant == "eager":
+        ll, lr = f(params)
+    elif variant == "jit":
+        ll, lr = jax.jit(f)(params)
+    else:
+        both = jax.tree.map(lambda a, b: jnp.stack([jnp.asarray(a), jnp.asarray(b)]), p0, p1)
+        lls, lrs = jax.vmap(f)(both)
+        ll, lr = lls[0], lrs[0]
+        ll1, lr1 = sk_with_params(jax.tree.map(jnp.asarray, p1), covariance_type)._e_step(x)
+        assert rel_err(lls[1], ll1) < 1e-10 and rel_err(lrs[1], lr1) < 1e-10
+    assert rel_err(ll, ref_ll) < 1e-10
+    assert rel_err(lr, ref_lr) < 1e-10
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("variant", ["eager", "jit", "vmap"])
+def test_m_step_matches_sklearn(x64, covariance_type, variant):
+    x = blobs()
+    rng = np.random.default_rng(3)
+    resp = rng.dirichlet(np.ones(3), size=len(x))
+    resp2 = rng.dirichlet(np.ones(3), size=len(x))
+
+    def f(lr):
+        return gmm.m_step(x, lr, covariance_type=covariance_type, reg_covar=1e-4, chunk_size=23)
+
+    if variant == "eager":
+        p = f(np.log(resp))
+    elif variant == "jit":
+        p = jax.jit(f)(np.log(resp))
+    else:
+        ps = jax.vmap(f)(jnp.log(jnp.stack([resp, resp2])))
+        p = jax.tree.map(lambda a: a[0], ps)
+        _, m2, c2 = _estimate_gaussian_parameters(x, resp2, 1e-4, covariance_type)
+        assert rel_err(ps.means[1], m2) < 1e-10 and rel_err(ps.covariances[1], c2) < 1e-10
+    nk, means, cov = _estimate_gaussian_parameters(x, resp, 1e-4, covariance_type)
+    assert rel_err(p.weights, nk / nk.sum()) < 1e-10
+    assert rel_err(p.means, means) < 1e-10
+    assert rel_err(p.covariances, cov) < 1e-10
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("variant", ["eager", "jit", "vmap"])
+def test_scores_match_sklearn(x64, covariance_type, variant):
+    x = blobs()
+    params = jax.tree.map(jnp.asarray, start_params(x, 3, covariance_type)[0])
+    sk = sk_with_params(params, covariance_type)
+    kw = {"covariance_type": covariance_type}
+    refs = {
+        "score_samples": sk.score_samples(x),
+        "score": sk.score(x),
+        "predict_proba": sk.predict_proba(x),
+        "predict": sk.predict(x),
+        "bic": sk.bic(x),
+        "aic": sk.aic(x),
+    }
+
+    def fn(p):
+        return {
+            "score_samples": gmm.score_samples(x, p, **kw),
+            "score": gmm.score(x, p, **kw),
+            "predict_proba": gmm.predict_proba(x, p, **kw),
+            "predict": gmm.predict(x, p, **kw),
+            "bic": gmm.bic(x, p, **kw),
+            "aic": gmm.aic(x, p, **kw),
+        }
+
+    if variant == "eager":
+        out = fn(params)
+    elif variant == "jit":
+        out = jax.jit(fn)(params)
+    else:
+        out = jax.tree.map(
+            lambda a: a[1], jax.vmap(fn)(jax.tree.map(lambda a: jnp.stack([a, a]), params))
+        )
+    for name, ref in refs.items():
+        if name == "predict":
+            np.testing.assert_array_equal(out[name], ref)
+        else:
+            assert rel_err(out[name], ref) < 1e-10, name
+
+
+# ----------------------------------------------------------------------------- EM properties
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    centres=st.lists(st.floats(-6, 6), min_size=6, max_size=6),
+    log_scale=st.floats(-1.5, 1.0),
+    seed=st.integers(0, 2**16),
+    covariance_type=st.sampled_from(COV_TYPES),
+)
+def test_em_never_decreases_log_likelihood(centres, log_scale, seed, covariance_type):
+    init = "random_from_data"
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(seed)
+        c = np.asarray(centres).reshape(3, 2)
+        x = c[rng.integers(0, 3, 90)] + np.exp(log_scale) * rng.normal(size=(90, 2))
+        res = gmm.fit(
+            jax.random.key(seed), x, 3, covariance_type=covariance_type, init=init,
+            max_iter=25, tol=0.0, reg_covar=0.0,
+        )  # fmt: skip
+        assume(int(res.n_reseeded) == 0)
+        trace = np.asarray(res.log_likelihood_trace)
+        assert np.all(np.isfinite(trace))
+        steps = np.diff(trace)
+        assert np.all(steps >= -1e-9 * np.abs(trace[1:])), steps.min()
+        assert float(res.log_likelihood) >= trace[-1] - 1e-9 * abs(trace[-1])
+
+
+def _expected_complete_ll(x, log_resp, weights, means, covs):
+    """Q = sum_n sum_k r_nk [log pi_k + log N(x_n | mu_k, Sigma_k)], Sigma a general matrix."""
+    d = x.shape[1]
+    r = jnp.exp(log_resp)
+
+    def log_normal(mu, cov):
+        diff = x - mu[None]
+        _, logdet = jnp.linalg.slogdet(cov)
+        maha = jnp.sum(diff * jnp.linalg.solve(cov, diff.T).T, axis=1)
+        return -0.5 * (d * jnp.log(2 * jnp.pi) + logdet + maha)
+
+    logn = jax.vmap(log_normal, out_axes=1)(means, covs)
+    return jnp.sum(r * (jnp.log(weights)[None] + logn))
+
+
+def test_m_step_is_stationary_point_of_expected_complete_ll(x64):
+    """Seed 000's derivation: dQ/dmu = 0, dQ/dSigma = 0, dQ/dpi_k = lambda for all k."""
+    x = blobs(n_per=40)
+    p0, _ = start_params(x, 3, "full")
+    _, log_resp = gmm.e_step(x, jax.tree.map(jnp.asarray, p0))
+    new = gmm.m_step(x, log_resp, covariance_type="full", reg_covar=0.0)
+    g_w, g_mu, g_cov = jax.jit(jax.grad(_expected_complete_ll, argnums=(2, 3, 4)))(
+        x, log_resp, new.weights, new.means, new.covariances
+    )
+    scale = float(jnp.sum(jnp.exp(log_resp)))
+    assert np.max(np.abs(g_mu)) < 1e-9 * scale
+    assert np.max(np.abs(g_cov)) < 1e-9 * scale
+    # Lagrange condition on the simplex: dQ/dpi_k = N_k / pi_k = n for every k.
+    np.testing.assert_allclose(g_w, np.full(3, len(x)), rtol=1e-10)
+    # And the stationary point is a maximum along a random feasible perturbation.
+    q = _expected_complete_ll(x, log_resp, new.weights, new.means, new.covariances)
+    q2 = _expected_complete_ll(x, log_resp, new.weights, new.means + 0.05, new.covariances)
+    assert q2 < q
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "spherical"])
+def test_sample_weight_equals_repeated_points(x64, covariance_type):
+    x = blobs()
+    counts = np.random.default_rng(5).integers(0, 4, size=len(x))
+    counts[0] = 1
+    p0, _ = start_params(x, 3, covariance_type)
+    kw = {"covariance_type": covariance_type, "init": p0, "max_iter": 8, "tol": 0.0}
+    weighted = gmm.fit(jax.random.key(0), x, 3, sample_weight=counts, **kw)
+    repeated = gmm.fit(jax.random.key(0), np.repeat(x, counts, axis=0), 3, **kw)
+    np.testing.assert_allclose(
+        weighted.log_likelihood_trace, repeated.log_likelihood_trace, rtol=1e-10
+    )
+    for a, b in zip(weighted.params, repeated.params, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_chunked_fit_equals_single_chunk(x64):
+    x = blobs()
+    p0, _ = start_params(x, 3, "full")
+    kw = {"init": p0, "max_iter": 8, "tol": 0.0}
+    a = gmm.fit(jax.random.key(0), x, 3, chunk_size=16, **kw)
+    b = gmm.fit(jax.random.key(0), x, 3, **kw)  # one chunk
+    np.testing.assert_allclose(a.log_likelihood_trace, b.log_likelihood_trace, rtol=1e-12)
+    np.testing.assert_allclose(a.params.covariances, b.params.covariances, rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------- fit variants
+
+
+@pytest.mark.parametrize("init", ["kmeans", "k-means++"])
+def test_kmeans_inits_recover_separated_blobs(init):
+    x = blobs(n_per=100, d=2, spread=8.0, dtype=np.float32)
+    res = gmm.fit(jax.random.key(1), x, 3, init=init, n_init=2)
+    # From a k-means start EM reaches the optimum sklearn finds (best of 5 k-means starts).
+    ref = GaussianMixture(3, n_init=5, random_state=0).fit(x.astype(np.float64)).score(x)
+    assert res.params.means.dtype == jnp.float32
+    assert bool(res.converged)
+    assert float(res.log_likelihood) > ref - 1e-3
+    np.testing.assert_allclose(float(jnp.sum(res.params.weights)), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("init", ["random", "random_from_data", "rand_const"])
+def test_random_inits_start_where_documented(x64, init):
+    """The first trace entry is the log-likelihood of the documented starting parameters."""
+    x = blobs()
+    key = jax.random.key(4)
+    res = gmm.fit(key, x, 3, init=init, covariance_type="diag", max_iter=8, tol=0.0, rand_const=5.0)
+    mean, var = x.mean(0), x.var(0)
+    if init == "rand_const":  # the seed's mogEM.py
+        kw, km = jax.random.split(key)
+        w = 5.0 + np.asarray(jax.random.uniform(kw, (3,), jnp.float64))
+        means = mean + np.asarray(jax.random.normal(km, (3, 3), jnp.float64)) * np.sqrt(var) / 5
+        start = gmm.GMMParams(w / w.sum(), means, np.tile(2 * var, (3, 1)))
+    elif init == "random":  # uniform random responsibilities, then an M-step
+        u = np.asarray(jax.random.uniform(key, (len(x), 3), jnp.float64))
+        nk, means, cov = _estimate_gaussian_parameters(x, u / u.sum(1, keepdims=True), 1e-6, "diag")
+        start = gmm.GMMParams(nk / nk.sum(), means, cov)
+    else:  # k data points, covariance reg_covar
+        idx = jax.random.choice(key, len(x), (3,), replace=False, p=jnp.full(len(x), 1 / len(x)))
+        start = gmm.GMMParams(np.full(3, 1 / 3), x[np.asarray(idx)], np.full((3, 3), 1e-6))
+    expected = sk_with_params(jax.tree.map(jnp.asarray, start), "diag").score(x)
+    assert rel_err(res.log_likelihood_trace[0], expected) < 1e-9
+    assert np.all(np.diff(np.asarray(res.log_likelihood_trace)) > -1e-9)
+
+
+def test_restarts_pick_best_of_split_keys(x64):
+    x = blobs(n_per=40, spread=2.0)
+    key = jax.random.key(3)
+    best = gmm.fit(key, x, 4, init="random_from_data", n_init=4, max_iter=30)
+    singles = [
+        float(gmm.fit(kk, x, 4, init="random_from_data", max_iter=30).log_likelihood)
+        for kk in jax.random.split(key, 4)
+    ]
+    assert float(best.log_likelihood) == pytest.approx(max(singles), rel=1e-12)
+
+
+def test_fit_under_jit_and_vmap_over_keys():
+    x = blobs(n_per=40, dtype=np.float32)
+    keys = jax.random.split(jax.random.key(0), 3)
+
+    def one(key):
+        return gmm.fit(key, x, 3, init="random_from_data", max_iter=20)
+
+    batched = jax.vmap(one)(keys)
+    jitted = jax.jit(one)(keys[1])
+    eager = one(keys[1])
+    np.testing.assert_allclose(batched.log_likelihood[1], eager.log_likelihood, rtol=1e-5)
+    np.testing.assert_allclose(jitted.params.means, eager.params.means, rtol=1e-5, atol=1e-5)
+
+
+def test_select_k_by_bic_finds_three_blobs(x64):
+    x = blobs(n_per=80, d=2, spread=10.0)
+    sel = gmm.select_k_by_bic(jax.random.key(0), x, [2, 3, 4], init="random_from_data", n_init=4)
+    assert sel.best_k == 3
+    sk = sk_with_params(sel.best.params, "full")
+    assert rel_err(sel.bic[1], sk.bic(x)) < 1e-10
+
+
+def test_min_variance_floors_diagonal():
+    x = blobs(n_per=50, dtype=np.float32) * 0.01
+    for ct in ("full", "spherical"):
+        res = gmm.fit(
+            jax.random.key(0), x, 3, covariance_type=ct, init="random_from_data", min_variance=0.5
+        )
+        cov = np.asarray(res.params.covariances)
+        diag = np.diagonal(cov, axis1=-2, axis2=-1) if ct in ("full", "tied") else cov
+        assert np.all(diag >= 0.5 * (1 - 1e-6)), ct
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_sample_moments(covariance_type):
+    params = jax.tree.map(
+        lambda a: jnp.asarray(a, jnp.float32),
+        start_params(blobs(), 3, covariance_type)[0],
+    )
+    xs, z = gmm.sample(jax.random.key(0), params, 60_000, covariance_type=covariance_type)
+    assert xs.shape == (60_000, 3) and z.shape == (60_000,)
+    freq = np.bincount(np.asarray(z), minlength=3) / len(z)
+    np.testing.assert_allclose(freq, params.weights, atol=0.01)
+    cov = np.asarray(params.covariances)
+    if covariance_type == "full":
+        full = cov
+    elif covariance_type == "tied":
+        full = np.stack([cov] * 3)
+    elif covariance_type == "diag":
+        full = np.stack([np.diag(c) for c in cov])
+    else:
+        full = cov[:, None, None] * np.eye(3)[None]
+    for j in range(3):
+        pts = np.asarray(xs)[np.asarray(z) == j]
+        sd = np.sqrt(np.diag(full[j]))
+        np.testing.assert_allclose(pts.mean(0), params.means[j], atol=0.05 * sd.max() * 3)
+        np.testing.assert_allclose(np.cov(pts.T), full[j], atol=0.06 * np.max(full[j]))
+
+
+# ----------------------------------------------------------------------------- degenerate data
+
+DEGENERATE = {
+    "duplicated_points": np.repeat(np.arange(10.0).reshape(5, 2), 8, axis=0),
+    "one_point_cluster": np.concatenate(
+        [np.random.default_rng(0).normal(size=(40, 2)), [[50.0, 50.0]]]
+    ),
+    "d_greater_than_n": np.random.default_rng(1).normal(size=(12, 30)),
+    "constant_feature": np.column_stack(
+        [np.random.default_rng(2).normal(size=(60, 2)), np.full(60, 3.0)]
+    ),
+    "all_identical": np.ones((20, 4)),
+}
+
+
+DEGENERATE_RUNS = [
+    ("duplicated_points", "full", "kmeans"),
+    ("one_point_cluster", "full", "random_from_data"),
+    ("d_greater_than_n", "full", "random"),
+    ("d_greater_than_n", "diag", "rand_const"),
+    ("constant_feature", "full", "k-means++"),
+    ("all_identical", "tied", "kmeans"),
+]
+
+
+@pytest.mark.parametrize(("case", "covariance_type", "init"), DEGENERATE_RUNS)
+def test_degenerate_inputs_stay_finite(case, covariance_type, init):
+    x = DEGENERATE[case].astype(np.float32)
+    res = gmm.fit(
+        jax.random.key(0), x, 3, covariance_type=covariance_type, init=init, max_iter=30,
+        reg_covar=1e-6,
+    )  # fmt: skip
+    for leaf in jax.tree.leaves(res.params):
+        assert np.all(np.isfinite(leaf)), (case, init)
+    assert np.isfinite(float(res.log_likelihood)), (case, init)
+    n = int(res.n_iter)
+    assert np.all(np.isfinite(np.asarray(res.log_likelihood_trace)[:n])), (case, init)
+    assert np.all(np.isfinite(gmm.predict_proba(x, res.params, covariance_type=covariance_type)))
+
+
+def test_collapsed_component_is_reseeded_and_counted():
+    # A starting component far from all data gets weight ~ 0 after one M-step.
+    x = blobs(n_per=50, d=2, dtype=np.float32)
+    p = gmm.GMMParams(
+        np.array([0.5, 0.49, 0.01]),
+        np.array([x[0], x[1], [1e4, 1e4]]),
+        np.stack([np.eye(2)] * 2 + [np.eye(2) * 1e-4]),
+    )
+    res = gmm.fit(jax.random.key(0), x, 3, init=p, max_iter=20)
+    assert int(res.n_reseeded) >= 1
+    assert np.all(np.abs(np.asarray(res.params.means)) < 100)
+    assert np.all(np.asarray(res.params.weights) > 0.01)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+X_OK = np.random.default_rng(0).normal(size=(20, 2))
+
+
+def _params(shape_k=3, d=2, cov=None):
+    return gmm.GMMParams(
+        np.full(shape_k, 1 / shape_k),
+        np.zeros((shape_k, d)),
+        np.stack([np.eye(d)] * shape_k) if cov is None else cov,
+    )
+
+
+BAD = {
+    "nan_x": (dict(x=np.where(np.arange(20)[:, None] == 3, np.nan, X_OK)), "x"),
+    "inf_x": (dict(x=np.full((5, 2), np.inf)), "x"),
+    "x_1d": (dict(x=np.zeros(5)), "x"),
+    "k_zero": (dict(k=0), "k"),
+    "k_gt_n": (dict(k=21), "k"),
+    "weight_shape": (dict(sample_weight=np.ones(19)), "sample_weight"),
+    "weight_negative": (dict(sample_weight=-np.ones(20)), "sample_weight"),
+    "cov_type": (dict(covariance_type="banana"), "covariance_type"),
+    "init_name": (dict(init="kmeans+++"), "init"),
+    "init_means_shape": (dict(init=gmm.GMMParams(np.ones(3) / 3, np.zeros((3, 5)), np.stack([np.eye(2)] * 3))), "init.means"),
+    "init_cov_shape": (dict(init=_params(cov=np.ones((3, 2)))), "init.covariances"),
+    "init_not_pd": (dict(init=_params(cov=-np.stack([np.eye(2)] * 3))), "init.covariances"),
+    "n_init": (dict(n_init=0), "n_init"),
+    "reg_covar": (dict(reg_covar=-1.0), "reg_covar"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_raises_value_error(case):
+    overrides, name = BAD[case]
+    kw = {"x": X_OK, "k": 3} | overrides
+    x, k = kw.pop("x"), kw.pop("k")
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        gmm.fit(jax.random.key(0), x, k, **kw)
+
+
+def test_bad_input_in_kernels():
+    p = jax.tree.map(jnp.asarray, _params())
+    with pytest.raises(ValueError, match="x"):
+        gmm.e_step(np.full((4, 2), np.nan), p)
+    with pytest.raises(ValueError, match="covariance_type"):
+        gmm.m_step(X_OK, np.zeros((20, 3)), covariance_type="fancy")
+    with pytest.raises(ValueError, match="ambiguous"):
+        gmm.score(X_OK, gmm.GMMParams(jnp.ones(2) / 2, jnp.zeros((2, 2)), jnp.ones((2, 2))))

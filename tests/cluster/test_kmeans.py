@@ -1,0 +1,331 @@
+"""Tests of mljax.cluster.kmeans against scikit-learn's KMeans (Lloyd) and closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.cluster import kmeans_plusplus as sk_kmeans_plusplus
+from sklearn.datasets import make_blobs
+
+from mljax.cluster import kmeans
+
+
+@pytest.fixture(autouse=True)
+def _strict_jax():
+    with jax.numpy_rank_promotion("raise"):
+        yield
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _blobs(n, d, centers, std, seed):
+    x, y = make_blobs(n, n_features=d, centers=centers, cluster_std=std, random_state=seed)
+    return x, y
+
+
+# name, n, d, true centres, std, k, tol, weighted
+PARITY_CASES = [
+    ("2d_separated_k3", 600, 2, 3, 0.8, 3, 1e-4, False),
+    ("5d_overlapping_k7", 1500, 5, 5, 3.0, 7, 1e-4, False),
+    ("tol0_runs_to_strict", 800, 3, 4, 2.5, 6, 0.0, False),
+    ("weighted", 700, 4, 4, 2.0, 5, 1e-4, True),
+    ("loose_tol", 1000, 2, 6, 1.5, 6, 1e-1, False),
+    # d >= 128 takes the one-hot-matmul path for the cluster sums instead of the scatter.
+    ("wide_rows_weighted", 300, 130, 3, 6.0, 4, 1e-4, True),
+]
+
+
+@pytest.mark.parametrize(
+    "name,n,d,centers,std,k,tol,weighted", PARITY_CASES, ids=[c[0] for c in PARITY_CASES]
+)
+def test_parity_with_sklearn_from_same_centroids(x64, name, n, d, centers, std, k, tol, weighted):
+    x, _ = _blobs(n, d, centers, std, seed=len(name))
+    rng = np.random.default_rng(len(name))
+    c0 = x[rng.choice(n, k, replace=False)]
+    w = rng.uniform(0.2, 3.0, n) if weighted else None
+    sk = KMeans(k, init=c0, n_init=1, algorithm="lloyd", tol=tol, max_iter=300)
+    sk.fit(x, sample_weight=w)
+    ours = kmeans.fit(jax.random.key(0), x, k, init=c0, tol=tol, sample_weight=w)
+    np.testing.assert_array_equal(np.asarray(ours.labels), sk.labels_)
+    np.testing.assert_allclose(
+        np.asarray(ours.centroids), sk.cluster_centers_, rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(float(ours.inertia), sk.inertia_, rtol=1e-9)
+    assert int(ours.n_iter) == sk.n_iter_
+    assert bool(ours.converged)
+
+
+def test_max_iter_reached_is_not_converged(x64):
+    x, _ = _blobs(1000, 2, 5, 3.0, seed=3)
+    c0 = x[:6]
+    sk = KMeans(6, init=c0, n_init=1, algorithm="lloyd", tol=0.0, max_iter=2).fit(x)
+    ours = kmeans.fit(jax.random.key(0), x, 6, init=c0, tol=0.0, max_iter=2)
+    assert int(ours.n_iter) == 2 and not bool(ours.converged)
+    np.testing.assert_allclose(np.asarray(ours.centroids), sk.cluster_centers_, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(ours.labels), sk.labels_)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 64, 100_000])
+def test_chunking_does_not_change_the_answer(x64, chunk_size):
+    x, _ = _blobs(501, 3, 4, 1.5, seed=11)
+    c0 = x[[0, 100, 200, 300, 400]]
+    sk = KMeans(5, init=c0, n_init=1, algorithm="lloyd").fit(x)
+    ours = kmeans.fit(jax.random.key(0), x, 5, init=c0, chunk_size=chunk_size)
+    np.testing.assert_array_equal(np.asarray(ours.labels), sk.labels_)
+    np.testing.assert_allclose(float(ours.inertia), sk.inertia_, rtol=1e-9)
+
+
+def test_empty_cluster_moves_to_farthest_point_as_sklearn(x64):
+    # A centre far from all the data is empty after the first assignment step.
+    x, _ = _blobs(400, 2, 3, 1.0, seed=5)
+    c0 = np.concatenate([x[:3], np.array([[1e3, 1e3]])])
+    sk = KMeans(4, init=c0, n_init=1, algorithm="lloyd").fit(x)
+    ours = kmeans.fit(jax.random.key(0), x, 4, init=c0)
+    np.testing.assert_array_equal(np.asarray(ours.labels), sk.labels_)
+    np.testing.assert_allclose(np.asarray(ours.centroids), sk.cluster_centers_, rtol=1e-6)
+    np.testing.assert_allclose(float(ours.inertia), sk.inertia_, rtol=1e-9)
+    # No cluster is left empty.
+    assert len(np.unique(np.asarray(ours.labels))) == 4
+
+
+def test_empty_cluster_first_step_closed_form(x64):
+    # Points 0, 1, 10 and centres {0, 1, 100}: centre 2 is empty; the farthest point from its
+    # own centre is 10 (distance 81 to centre 1), so after one step the centres are
+    # {0, 1, 10} and the inertia is 0.
+    x = np.array([[0.0], [1.0], [10.0]])
+    c0 = np.array([[0.0], [1.0], [100.0]])
+    ours = kmeans.fit(jax.random.key(0), x, 3, init=c0, max_iter=1)
+    np.testing.assert_allclose(np.sort(np.asarray(ours.centroids)[:, 0]), [0.0, 1.0, 10.0])
+    assert float(ours.inertia) == 0.0
+
+
+def test_k1_is_the_weighted_mean(x64):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 3))
+    w = rng.uniform(0.1, 2.0, 50)
+    r = kmeans.fit(jax.random.key(0), x, 1, sample_weight=w)
+    mean = (w[:, None] * x).sum(0) / w.sum()
+    np.testing.assert_allclose(np.asarray(r.centroids)[0], mean, rtol=1e-12)
+    np.testing.assert_allclose(float(r.inertia), (w * ((x - mean) ** 2).sum(1)).sum(), rtol=1e-12)
+
+
+def test_sample_weight_equals_repeated_points(x64):
+    rng = np.random.default_rng(1)
+    x, _ = _blobs(300, 3, 4, 2.0, seed=2)
+    reps = rng.integers(1, 4, size=300)
+    x_rep = np.repeat(x, reps, axis=0)
+    c0 = x[:5]
+    a = kmeans.fit(jax.random.key(0), x, 5, init=c0, sample_weight=reps.astype(float))
+    b = kmeans.fit(jax.random.key(0), x_rep, 5, init=c0)
+    np.testing.assert_allclose(np.asarray(a.centroids), np.asarray(b.centroids), rtol=1e-10)
+    np.testing.assert_allclose(float(a.inertia), float(b.inertia), rtol=1e-10)
+    np.testing.assert_array_equal(np.repeat(np.asarray(a.labels), reps), np.asarray(b.labels))
+
+
+def test_kmeans_plusplus_potential_comparable_to_sklearn(x64):
+    # Greedy k-means++ is random; compare the distribution of the seeding potential over
+    # 30 seeds with scikit-learn's implementation of the same algorithm, and with random rows.
+    x, _ = _blobs(1500, 2, 10, 0.5, seed=0)
+    k = 10
+
+    def potential(c):
+        d2 = ((x[:, None, :] - np.asarray(c)[None]) ** 2).sum(-1)
+        return d2.min(1).sum()
+
+    ours = [potential(kmeans.kmeans_plusplus(jax.random.key(s), x, k)) for s in range(30)]
+    theirs = [potential(sk_kmeans_plusplus(x, k, random_state=s)[0]) for s in range(30)]
+    rand = [
+        potential(x[np.random.default_rng(s).choice(1500, k, replace=False)]) for s in range(30)
+    ]
+    m_o, m_t, m_r = np.mean(ours), np.mean(theirs), np.mean(rand)
+    se = np.sqrt(np.var(ours) / 30 + np.var(theirs) / 30)
+    assert abs(m_o - m_t) < 3 * se + 0.05 * m_t, (m_o, m_t, se)
+    assert m_o < 0.5 * m_r
+    # Every seed is a data row.
+    c = np.asarray(kmeans.kmeans_plusplus(jax.random.key(0), x, k))
+    assert all(np.any(np.all(x == ci, axis=1)) for ci in c)
+
+
+def test_kmeanspp_fit_inertia_comparable_to_sklearn(x64):
+    x, _ = _blobs(2000, 2, 8, 1.0, seed=4)
+    ours = [float(kmeans.fit(jax.random.key(s), x, 8).inertia) for s in range(10)]
+    theirs = [
+        KMeans(8, n_init=1, algorithm="lloyd", random_state=s).fit(x).inertia_ for s in range(10)
+    ]
+    assert np.mean(ours) <= 1.05 * np.mean(theirs)
+
+
+def test_n_init_returns_best_of_the_split_key_runs(x64):
+    x, _ = _blobs(600, 2, 6, 1.5, seed=9)
+    key = jax.random.key(3)
+    best = kmeans.fit(key, x, 6, n_init=5, init="random")
+    singles = [kmeans.fit(kk, x, 6, init="random") for kk in jax.random.split(key, 5)]
+    inertias = [float(s.inertia) for s in singles]
+    np.testing.assert_allclose(float(best.inertia), min(inertias), rtol=1e-12)
+    i = int(np.argmin(inertias))
+    np.testing.assert_allclose(np.asarray(best.centroids), np.asarray(singles[i].centroids))
+
+
+def test_random_init_picks_distinct_rows(x64):
+    x = np.arange(20.0).reshape(10, 2)
+    r = kmeans.fit(jax.random.key(0), x, 10, init="random", max_iter=1)
+    # k = n distinct rows: every point is its own centre, inertia 0.
+    assert float(r.inertia) == 0.0
+    assert len(np.unique(np.asarray(r.labels))) == 10
+
+
+def test_predict_and_transform_match_sklearn(x64):
+    x, _ = _blobs(500, 4, 5, 2.0, seed=6)
+    sk = KMeans(5, n_init=1, random_state=0, algorithm="lloyd").fit(x)
+    c = sk.cluster_centers_
+    xt, _ = _blobs(200, 4, 5, 2.0, seed=7)
+    np.testing.assert_array_equal(np.asarray(kmeans.predict(xt, c)), sk.predict(xt))
+    np.testing.assert_allclose(np.asarray(kmeans.transform(xt, c)), sk.transform(xt), rtol=1e-9)
+    np.testing.assert_array_equal(np.asarray(kmeans.predict(xt, c, chunk_size=33)), sk.predict(xt))
+
+
+DEGENERATE = [
+    ("all_duplicates", np.ones((30, 3)), 3),
+    ("k_equals_n", np.random.default_rng(0).normal(size=(6, 2)), 6),
+    ("constant_feature", np.c_[np.random.default_rng(1).normal(size=(40, 2)), np.zeros(40)], 4),
+    ("d_greater_than_n", np.random.default_rng(2).normal(size=(5, 50)), 3),
+    ("fewer_distinct_than_k", np.repeat(np.eye(2), 10, axis=0), 4),
+]
+
+
+# Each case with k-means++; "random" on the two cases where it draws from duplicates.
+DEGENERATE_RUNS = [(*c, "k-means++") for c in DEGENERATE] + [
+    (*c, "random") for c in DEGENERATE if c[0] in ("all_duplicates", "fewer_distinct_than_k")
+]
+
+
+@pytest.mark.parametrize(
+    "name,x,k,init", DEGENERATE_RUNS, ids=[f"{c[0]}-{c[3]}" for c in DEGENERATE_RUNS]
+)
+def test_degenerate_inputs_are_finite(name, x, k, init):
+    r = kmeans.fit(jax.random.key(0), x.astype(np.float32), k, init=init)
+    assert np.all(np.isfinite(np.asarray(r.centroids)))
+    assert np.isfinite(float(r.inertia)) and float(r.inertia) >= 0
+    labels = np.asarray(r.labels)
+    assert labels.min() >= 0 and labels.max() < k
+    if name in ("all_duplicates", "k_equals_n", "fewer_distinct_than_k"):
+        assert float(r.inertia) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_float32_agrees_with_float64():
+    x, _ = _blobs(3000, 8, 6, 1.0, seed=8)
+    x = x + 1e3  # a large offset: the expansion would lose precision without centring
+    c0 = x[np.random.default_rng(0).choice(3000, 6, replace=False)]
+    r32 = kmeans.fit(jax.random.key(0), x.astype(np.float32), 6, init=c0.astype(np.float32))
+    assert r32.centroids.dtype == jnp.float32
+    sk = KMeans(6, init=c0, n_init=1, algorithm="lloyd").fit(x)
+    assert np.mean(np.asarray(r32.labels) == sk.labels_) > 0.999
+    np.testing.assert_allclose(float(r32.inertia), sk.inertia_, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- jit / vmap
+
+
+def test_fit_under_jit_matches_eager(x64):
+    x, _ = _blobs(300, 2, 3, 1.0, seed=1)
+    eager = kmeans.fit(jax.random.key(2), x, 3)
+    jitted = jax.jit(lambda key, x: kmeans.fit(key, x, 3))(jax.random.key(2), x)
+    for a, b in zip(eager, jitted, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b))
+
+
+def test_fit_under_vmap_over_keys_and_datasets(x64):
+    x, _ = _blobs(300, 2, 3, 1.0, seed=1)
+    keys = jax.random.split(jax.random.key(0), 3)
+    batched = jax.vmap(lambda key: kmeans.fit(key, x, 3))(keys)
+    for i in range(3):
+        single = kmeans.fit(keys[i], x, 3)
+        np.testing.assert_allclose(np.asarray(batched.centroids[i]), np.asarray(single.centroids))
+        assert int(batched.n_iter[i]) == int(single.n_iter)
+    xs = np.stack([x, x[::-1] * 2.0])
+    batched = jax.vmap(lambda xi: kmeans.fit(jax.random.key(0), xi, 3, init=xi[:3]))(xs)
+    for i in range(2):
+        sk = KMeans(3, init=xs[i][:3], n_init=1, algorithm="lloyd").fit(xs[i])
+        np.testing.assert_allclose(float(batched.inertia[i]), sk.inertia_, rtol=1e-9)
+
+
+def test_tol_is_traceable_and_vmappable(x64):
+    x, _ = _blobs(800, 2, 5, 2.5, seed=12)
+    c0 = x[:5]
+    tols = jnp.array([1e-1, 1e-4, 0.0])
+    batched = jax.vmap(lambda t: kmeans.fit(jax.random.key(0), x, 5, init=c0, tol=t))(tols)
+    for i, t in enumerate([1e-1, 1e-4, 0.0]):
+        sk = KMeans(5, init=c0, n_init=1, algorithm="lloyd", tol=t).fit(x)
+        assert int(batched.n_iter[i]) == sk.n_iter_
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit", "vmap"])
+def test_predict_transform_modes(x64, mode):
+    x, _ = _blobs(100, 3, 3, 1.0, seed=2)
+    c = x[:4]
+    ref_d = np.sqrt(((x[:, None] - c[None]) ** 2).sum(-1))
+    if mode == "eager":
+        lab, dist = kmeans.predict(x, c), kmeans.transform(x, c)
+    elif mode == "jit":
+        lab = jax.jit(kmeans.predict)(x, c)
+        dist = jax.jit(kmeans.transform)(x, c)
+    else:
+        cs = np.stack([c, c + 0.5])
+        lab = jax.vmap(kmeans.predict, in_axes=(None, 0))(x, cs)[0]
+        dist = jax.vmap(kmeans.transform, in_axes=(None, 0))(x, cs)[0]
+    np.testing.assert_array_equal(np.asarray(lab), ref_d.argmin(1))
+    np.testing.assert_allclose(np.asarray(dist), ref_d, rtol=1e-9, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- bad input
+
+GOOD_X = np.random.default_rng(0).normal(size=(20, 2))
+BAD_INPUTS = [
+    ("x_1d", dict(x=np.ones(5), k=2), "x must be 2-D"),
+    ("x_nan", dict(x=np.where(np.eye(20, 2) > 0, np.nan, GOOD_X), k=2), "NaN"),
+    ("x_inf", dict(x=np.where(np.eye(20, 2) > 0, np.inf, GOOD_X), k=2), "inf"),
+    ("k_zero", dict(x=GOOD_X, k=0), "k must satisfy"),
+    ("k_above_n", dict(x=GOOD_X, k=21), "k must satisfy"),
+    ("k_float", dict(x=GOOD_X, k=2.0), "k must be"),
+    ("init_unknown", dict(x=GOOD_X, k=2, init="kmeans||"), "init must be one of"),
+    ("init_shape", dict(x=GOOD_X, k=2, init=np.zeros((3, 2))), "init centroids must have shape"),
+    ("weight_shape", dict(x=GOOD_X, k=2, sample_weight=np.ones(19)), "sample_weight must have"),
+    ("weight_negative", dict(x=GOOD_X, k=2, sample_weight=-np.ones(20)), "sample_weight must be"),
+    ("n_init_zero", dict(x=GOOD_X, k=2, n_init=0), "n_init"),
+    ("max_iter_zero", dict(x=GOOD_X, k=2, max_iter=0), "max_iter"),
+    ("tol_negative", dict(x=GOOD_X, k=2, tol=-1.0), "tol"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,match", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_raises_value_error(name, kwargs, match):
+    kwargs = dict(kwargs)
+    x, k = kwargs.pop("x"), kwargs.pop("k")
+    with pytest.raises(ValueError, match=match):
+        kmeans.fit(jax.random.key(0), x, k, **kwargs)
+
+
+def test_predict_bad_centroids():
+    with pytest.raises(ValueError, match="centroids must have shape"):
+        kmeans.predict(GOOD_X, np.zeros((3, 5)))
+
+
+def test_zero_weights_equal_dropping_the_points(x64):
+    # Zero-weight rows (e.g. other classes masked out) must not move centres nor be chosen
+    # to refill an empty cluster; the far centre below is empty after the first step.
+    x, _ = _blobs(400, 2, 3, 1.0, seed=13)
+    keep = np.arange(400) % 3 != 0
+    c0 = np.concatenate([x[keep][:3], [[50.0, 50.0]]])
+    w = keep.astype(float)
+    masked = kmeans.fit(jax.random.key(0), x, 4, init=c0, sample_weight=w)
+    subset = KMeans(4, init=c0, n_init=1, algorithm="lloyd").fit(x[keep])
+    np.testing.assert_allclose(np.asarray(masked.centroids), subset.cluster_centers_, rtol=1e-6)
+    np.testing.assert_allclose(float(masked.inertia), subset.inertia_, rtol=1e-9)
+    np.testing.assert_array_equal(np.asarray(masked.labels)[keep], subset.labels_)
+    pp = np.asarray(kmeans.kmeans_plusplus(jax.random.key(1), x, 4, sample_weight=w))
+    assert all(np.any(np.all(x[keep] == c, axis=1)) for c in pp)
