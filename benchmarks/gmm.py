@@ -15,7 +15,6 @@ Usage: ``python -m benchmarks.gmm [--quick] [--out FILE] [--iters N] [--repeats 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mljax.cluster import gmm
+from mljax.results import atomic_write_json
 
 CASES = [
     # name, covariance_type, n, d, k, n_init
@@ -240,8 +240,7 @@ def main(argv=None) -> int:
     print(f"GMM EM, {iters} iterations, tol=0, float32 data; devices: {jax.devices()}")
     print(markdown(rows))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=2)
+        atomic_write_json(args.out, rows)
     return 0
 
 

@@ -12,7 +12,6 @@ The n_init = 8 case times 8 restarts (ours vmapped; scikit-learn's n_init loop) 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 
@@ -22,6 +21,7 @@ from sklearn.cluster import KMeans
 
 from mljax.cluster import kmeans
 from mljax.experiment import markdown_table
+from mljax.results import atomic_write_json
 
 # name, n, d, k, iterations, n_init
 CASES = [
@@ -120,8 +120,7 @@ def main(argv=None) -> int:
     ]  # fmt: skip
     print("\n".join(markdown_table(header, body)))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=2)
+        atomic_write_json(args.out, rows)
     return 0
 
 

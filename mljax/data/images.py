@@ -309,47 +309,41 @@ def read_cifar_binary_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.nda
     return rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), rec[:, 0]
 
 
+def _cifar_class_names(directory: Path, default: tuple[str, ...]) -> tuple[str, ...]:
+    meta = directory / "batches.meta"
+    if not meta.is_file():
+        return default
+    names_raw = _unpickle(meta).get("label_names")
+    if names_raw is None:
+        return default
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names_raw)
+
+
 def _load_cifar_split(directory: Path, spec: DatasetSpec, split: str) -> ImageDataset | None:
     names = _CIFAR_TRAIN if split == "train" else _CIFAR_TEST
-    for sub in ("cifar-10-batches-py", "."):
-        d = directory / sub
-        paths = [d / n for n in names]
-        if any(p.is_file() for p in paths):
-            missing = [str(p) for p in paths if not p.is_file()]
-            if missing:
-                raise ValueError(f"incomplete CIFAR-10 directory {d}: missing {', '.join(missing)}")
-            parts = [read_cifar_python_batch(p) for p in paths]
-            class_names = spec.class_names
-            meta = d / "batches.meta"
-            if meta.is_file():
-                names_raw = _unpickle(meta).get("label_names")
-                if names_raw is not None:
-                    class_names = tuple(
-                        n.decode() if isinstance(n, bytes) else str(n) for n in names_raw
-                    )
-            spec = spec._replace(class_names=class_names)
-            return _validated(
-                np.concatenate([p[0] for p in parts]),
-                np.concatenate([p[1] for p in parts]),
-                spec,
-                str(d),
-                str(d),
-                str(d),
-            )
-    d = directory / "cifar-10-batches-bin"
-    paths = [d / f"{n}.bin" for n in names]
-    if any(p.is_file() for p in paths):
+    # (folder, file suffix, reader): the python batches, extracted or flat, then binary ones.
+    layouts = (
+        (directory / "cifar-10-batches-py", "", read_cifar_python_batch),
+        (directory, "", read_cifar_python_batch),
+        (directory / "cifar-10-batches-bin", ".bin", read_cifar_binary_batch),
+    )
+    for d, suffix, reader in layouts:
+        paths = [d / f"{n}{suffix}" for n in names]
+        if not any(p.is_file() for p in paths):
+            continue
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise ValueError(f"incomplete CIFAR-10 directory {d}: missing {', '.join(missing)}")
-        parts = [read_cifar_binary_batch(p) for p in paths]
+        parts = [reader(p) for p in paths]
+        spec = spec._replace(class_names=_cifar_class_names(d, spec.class_names))
+        src = str(d)
         return _validated(
             np.concatenate([p[0] for p in parts]),
             np.concatenate([p[1] for p in parts]),
             spec,
-            str(d),
-            str(d),
-            str(d),
+            src,
+            src,
+            src,
         )
     return None
 
