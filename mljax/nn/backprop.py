@@ -47,6 +47,7 @@ from jax import lax
 
 from mljax.nn import losses as losses_lib
 from mljax.nn.layers import (
+    PARAMETER_FREE,
     Activation,
     AvgPool,
     BatchNorm,
@@ -56,13 +57,10 @@ from mljax.nn.layers import (
     Flatten,
     Layer,
     MaxPool,
-    activation_fn,
-    apply_dropout,
-    avg_pool,
+    apply_parameter_free,
     dropout_masks,
     layer_name,
     layer_shapes,
-    max_pool,
     validate_layers,
 )
 
@@ -459,16 +457,10 @@ def forward(
             out = dense_forward(a, params[name]["kernel"], params[name].get("bias"))
         elif isinstance(layer, Conv):
             out = conv_forward(a, params[name]["kernel"], params[name].get("bias"), layer)
-        elif isinstance(layer, MaxPool):
-            out = max_pool(a, layer)
-        elif isinstance(layer, AvgPool):
-            out = avg_pool(a, layer)
-        elif isinstance(layer, Flatten):
-            out = a.reshape(a.shape[0], -1)
-        elif isinstance(layer, Activation):
-            out = activation_fn(layer.name)(a)
-        elif isinstance(layer, Dropout):
-            out = apply_dropout(a, masks[i], layer.rate) if train and layer.rate > 0 else a
+        elif isinstance(layer, PARAMETER_FREE):
+            out = apply_parameter_free(
+                layer, a, train=train, mask=None if masks is None else masks[i]
+            )
         elif isinstance(layer, BatchNorm):
             stats = None if batch_stats is None else batch_stats[name]
             out, caches[i], stats = batch_norm_forward(

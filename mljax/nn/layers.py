@@ -352,6 +352,34 @@ def avg_pool(x: jax.Array, layer: AvgPool) -> jax.Array:
     return total / math.prod(layer.window)
 
 
+PARAMETER_FREE = (MaxPool, AvgPool, Flatten, Activation, Dropout)
+
+
+def apply_parameter_free(layer, x: jax.Array, *, train: bool, mask) -> jax.Array:
+    """Forward of a layer without parameters; shared by ``LayerStack`` and the manual engine.
+
+    Args:
+        layer: a ``MaxPool``, ``AvgPool``, ``Flatten``, ``Activation`` or ``Dropout``.
+        x: its input.
+        train: dropout is applied only in training mode.
+        mask: the dropout keep-mask for this layer (see :func:`dropout_masks`), else None.
+    """
+    if isinstance(layer, MaxPool):
+        return max_pool(x, layer)
+    if isinstance(layer, AvgPool):
+        return avg_pool(x, layer)
+    if isinstance(layer, Flatten):
+        return x.reshape(x.shape[0], -1)
+    if isinstance(layer, Activation):
+        return activation_fn(layer.name)(x)
+    if isinstance(layer, Dropout):
+        return apply_dropout(x, mask, layer.rate) if train and layer.rate > 0 else x
+    raise ValueError(
+        f"{type(layer).__name__} has parameters; allowed here: "
+        f"{', '.join(t.__name__ for t in PARAMETER_FREE)}"
+    )
+
+
 class LayerStack(nn.Module):
     """Apply a tuple of layer specs in order (see the module docstring).
 
@@ -410,17 +438,10 @@ class LayerStack(nn.Module):
                     name=name,
                     **kwargs,
                 )(x)
-            elif isinstance(layer, MaxPool):
-                x = max_pool(x, layer)
-            elif isinstance(layer, AvgPool):
-                x = avg_pool(x, layer)
-            elif isinstance(layer, Flatten):
-                x = x.reshape(x.shape[0], -1)
-            elif isinstance(layer, Activation):
-                x = activation_fn(layer.name)(x)
-            elif isinstance(layer, Dropout):
-                if train and layer.rate > 0:
-                    x = apply_dropout(x, masks[i], layer.rate)
+            elif isinstance(layer, PARAMETER_FREE):
+                x = apply_parameter_free(
+                    layer, x, train=train, mask=None if masks is None else masks[i]
+                )
             elif isinstance(layer, BatchNorm):
                 x = nn.BatchNorm(
                     use_running_average=not train,
