@@ -125,6 +125,21 @@ def _rename(name: str, names: Mapping[str, str] | None) -> str:
     return names.get(name, name) if names else name
 
 
+def _paired_leaves(a, b, what: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, a_leaf, b_leaf)`` as float64 numpy, after checking structure and shapes."""
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        raise ValueError(
+            f"{what} differ in structure: {jax.tree.structure(a)} vs {jax.tree.structure(b)}"
+        )
+    pairs = []
+    for (name, la), (_, lb) in zip(_named_leaves(a), _named_leaves(b), strict=True):
+        la, lb = np.asarray(la, np.float64), np.asarray(lb, np.float64)
+        if la.shape != lb.shape:
+            raise ValueError(f"{what}, leaf {name}: shapes differ, {la.shape} vs {lb.shape}")
+        pairs.append((name, la, lb))
+    return pairs
+
+
 def compare_trees(
     a,
     b,
@@ -153,17 +168,7 @@ def compare_trees(
     Raises:
         ValueError: If the structures or shapes differ.
     """
-    if jax.tree.structure(a) != jax.tree.structure(b):
-        raise ValueError(
-            f"gradient trees differ in structure: {jax.tree.structure(a)} vs "
-            f"{jax.tree.structure(b)}"
-        )
-    pairs = []
-    for (name, la), (_, lb) in zip(_named_leaves(a), _named_leaves(b), strict=True):
-        la, lb = np.asarray(la, np.float64), np.asarray(lb, np.float64)
-        if la.shape != lb.shape:
-            raise ValueError(f"leaf {name}: shapes differ, {la.shape} vs {lb.shape}")
-        pairs.append((name, la, lb))
+    pairs = _paired_leaves(a, b, "gradient trees")
     if not tree_floor >= 0:
         raise ValueError(f"tree_floor must be >= 0, got {tree_floor!r}")
     scale = max(
@@ -288,16 +293,8 @@ def check_gradients(
         `GradCheckTable` of analytic vs numerical relative errors.
     """
     numeric = numerical_grad(f, params, eps=eps, max_per_leaf=max_per_leaf, key=key)
-    if jax.tree.structure(numeric) != jax.tree.structure(analytic):
-        raise ValueError(
-            f"analytic gradient structure {jax.tree.structure(analytic)} differs from the "
-            f"parameters' {jax.tree.structure(numeric)}"
-        )
     rows = []
-    for (name, num), (_, ana) in zip(_named_leaves(numeric), _named_leaves(analytic), strict=True):
-        num, ana = np.asarray(num, np.float64), np.asarray(ana, np.float64)
-        if num.shape != ana.shape:
-            raise ValueError(f"leaf {name}: analytic shape {ana.shape} != parameter {num.shape}")
+    for name, ana, num in _paired_leaves(analytic, numeric, "analytic gradient and parameters"):
         checked = ~np.isnan(num)
         a, b = ana[checked], num[checked]
         rows.append(
