@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import experiments
-from mljax.config import parse
+from mljax.config import enable_compilation_cache, parse
 from mljax.data.images import DatasetNotFoundError
 from mljax.experiment import ReportRow, execute, markdown_table
 from mljax.results import atomic_write_text
@@ -131,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    enable_compilation_cache()
     infos = [i for i in experiments.REGISTRY if not config.only or i.name in config.only]
     outcomes: list[Outcome] = []
     start = time.perf_counter()

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from mljax.config import parse
+from mljax.config import enable_compilation_cache, parse
 from mljax.results import RunDir
 
 DEFAULT_RESULTS_DIR = "results"
@@ -156,6 +156,7 @@ def cli_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    enable_compilation_cache()
     try:
         metrics, run_dir = execute(module, config)
     except KeyboardInterrupt:

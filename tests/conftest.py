@@ -11,6 +11,18 @@ os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 import jax
 import pytest
 
+from mljax.config import enable_compilation_cache
+
+# Compiled programs are kept between test runs and shared by the xdist workers and by the
+# subprocesses some tests start (they inherit the variable): compiling dominates this suite.
+os.environ.setdefault(
+    "MLJAX_COMPILATION_CACHE",
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax"
+    ),
+)
+enable_compilation_cache()
+
 
 @pytest.fixture
 def x64():

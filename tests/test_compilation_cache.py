@@ -1,0 +1,67 @@
+"""`mljax.config.enable_compilation_cache`: where the persistent cache goes, and when not."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mljax.config import enable_compilation_cache
+
+
+@pytest.fixture
+def no_cache_dir():
+    """Runs a test with no cache folder configured, then restores the session's settings."""
+    saved_dir = jax.config.jax_compilation_cache_dir
+    saved_min = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved_min)
+
+
+@pytest.mark.parametrize("setting", ["off", "0", "false"])
+def test_disabled_by_environment(no_cache_dir, monkeypatch, setting):
+    monkeypatch.setenv("MLJAX_COMPILATION_CACHE", setting)
+    assert enable_compilation_cache() is None
+    assert not jax.config.jax_compilation_cache_dir
+
+
+def test_folder_from_environment_is_created_and_used(no_cache_dir, monkeypatch, tmp_path):
+    folder = tmp_path / "nested" / "cache"
+    monkeypatch.setenv("MLJAX_COMPILATION_CACHE", str(folder))
+    assert enable_compilation_cache() == folder
+    assert folder.is_dir()
+    assert jax.config.jax_compilation_cache_dir == str(folder)
+
+
+def test_default_folder_under_xdg_cache_home(no_cache_dir, monkeypatch, tmp_path):
+    monkeypatch.delenv("MLJAX_COMPILATION_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert enable_compilation_cache() == tmp_path / "mljax" / "jax"
+
+
+def test_a_folder_the_user_chose_is_kept(no_cache_dir, monkeypatch, tmp_path):
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+    monkeypatch.setenv("MLJAX_COMPILATION_CACHE", str(tmp_path / "other"))
+    assert enable_compilation_cache() == tmp_path / "mine"
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+
+
+def test_cached_program_gives_the_same_answer(no_cache_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLJAX_COMPILATION_CACHE", str(tmp_path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    enable_compilation_cache()
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    x = jnp.arange(12.0).reshape(3, 4)
+
+    def f(a):
+        return jnp.tanh(a @ a.T).sum()
+
+    first = jax.jit(f)(x)
+    assert any(tmp_path.iterdir()), "the compiled program was not written to the cache"
+    jax.clear_caches()  # the second call must read the program back from disk
+    assert jax.jit(f)(x) == first
+    assert float(first) == pytest.approx(float(jnp.tanh(x @ x.T).sum()), rel=1e-6)
