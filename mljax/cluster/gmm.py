@@ -62,6 +62,7 @@ import numpy as np
 from jax import lax
 
 from mljax.cluster import kmeans
+from mljax.cluster._chunks import fold_chunks
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 INITS = ("kmeans", "k-means++", "random", "random_from_data", "rand_const")
@@ -178,36 +179,13 @@ def _chunked(x, w, chunk_size: int):
     """Pads ``x [n, d]``, ``w [n]`` to whole chunks ``[m, c, d]``, ``[m, c]`` (pad weight 0).
 
     Used only by the public kernels whose output is ``[n, k]`` anyway (``e_step``,
-    ``score_samples``, ...); :func:`fit` reads ``x`` in place with :func:`_fold_chunks`.
+    ``score_samples``, ...); :func:`fit` reads ``x`` in place with :func:`mljax.cluster._chunks.fold_chunks`.
     """
     n, d = x.shape
     c = min(chunk_size, n)
     m = -(-n // c)
     pad = m * c - n
     return jnp.pad(x, ((0, pad), (0, 0))).reshape(m, c, d), jnp.pad(w, (0, pad)).reshape(m, c)
-
-
-def _fold_chunks(x, w, c0, c: int, body, init):
-    """Folds ``body(carry, xc, wc, start)`` over the row chunks of ``x``, read in place.
-
-    Chunk ``i`` is ``x[start : start + c] - c0`` with ``start = min(i c, n - c)``
-    (``lax.dynamic_slice``): the last chunk is shifted back to end at row ``n`` instead of
-    being padded, and its rows that the previous chunk already covered get weight 0. So no
-    centred or padded copy of ``x`` is made and the live temporaries are ``O(c × k × d)``
-    whatever ``n``. Requires ``c <= n``.
-    """
-    n = x.shape[0]
-    m = -(-n // c)
-    rows = jnp.arange(c)
-
-    def step(i, carry):
-        start = jnp.minimum(i * c, n - c)
-        xc = lax.dynamic_slice_in_dim(x, start, c, axis=0) - c0[None]
-        wc = lax.dynamic_slice_in_dim(w, start, c, axis=0)
-        wc = jnp.where(start + rows >= i * c, wc, 0.0)
-        return body(carry, xc, wc, start)
-
-    return lax.fori_loop(0, m, step, init)
 
 
 def _eye_like(d, dtype):
@@ -361,7 +339,7 @@ def _e_pass(x, w, c0, params: GMMParams, covariance_type: str, c: int, *, n_wors
         if per_chunk
         else None
     )
-    stats, worst = _fold_chunks(x, w, c0, c, body, (zero, worst0))
+    stats, worst = fold_chunks(x, w, c0, c, body, (zero, worst0))
     return stats, (worst[1] if per_chunk else None)
 
 
@@ -375,7 +353,7 @@ def _first_order_pass(x, w, c0, c: int, rw_fn, k: int):
         return _EStats(st.ll_sum, st.nk + jnp.sum(rw, axis=0), st.sx + rw.T @ xc)
 
     zero = _EStats(jnp.zeros((), dtype), jnp.zeros((k,), dtype), jnp.zeros((k, d), dtype))
-    return _fold_chunks(x, w, c0, c, body, zero)
+    return fold_chunks(x, w, c0, c, body, zero)
 
 
 def _cov_pass(x, w, c0, c: int, rw_fn, means, covariance_type: str):
@@ -407,7 +385,7 @@ def _cov_pass(x, w, c0, c: int, rw_fn, means, covariance_type: str):
         return acc + jnp.einsum("ck,ckd->kd", rw, diff * diff)
 
     shape = (k, d, d) if covariance_type in ("full", "tied") else (k, d)
-    return _fold_chunks(x, w, c0, c, body, jnp.zeros(shape, x.dtype))
+    return fold_chunks(x, w, c0, c, body, jnp.zeros(shape, x.dtype))
 
 
 def _finish_m_step(stats: _EStats, acc, covariance_type, reg_covar, min_variance):
@@ -721,7 +699,7 @@ def _data_variances(x, w, c0, c):
     def body(acc, xc, wc, start):
         return acc + wc @ (xc * xc)
 
-    return _fold_chunks(x, w, c0, c, body, jnp.zeros((d,), x.dtype)) / jnp.sum(w)
+    return fold_chunks(x, w, c0, c, body, jnp.zeros((d,), x.dtype)) / jnp.sum(w)
 
 
 def _reset_covariance(var, covariance_type, k, reg_covar, min_variance):
