@@ -235,6 +235,7 @@ def sweep(
         if not 0 <= m.data_index < len(datasets):
             raise ValueError(f"member {m} has data_index outside [0, {len(datasets)})")
         loop.check_hyper(m.hyper)
+        loop.check_task_hyper(task, m.hyper)
     for d in datasets:
         loop.check_inputs(task, cfg, d)
     keys_hist = loop._check_monitor(task, cfg, datasets[0])

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mljax.nn.layers import Activation, Dense
+from mljax.nn.layers import Activation, Dense, Dropout
 from mljax.train import loop, sweep, tasks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +86,53 @@ def test_same_shape_datasets_are_swept_as_traced_data():
     _equal(jax.tree.map(lambda a: a[2:], res.params), one.params)
 
 
+DROP_LAYERS = (Dense(8), Activation("relu"), Dropout(0.0), Dense(1))
+DROP_TASK = tasks.layer_task(
+    DROP_LAYERS, (1, 2), loss="mean_squared_error", dropout_from_hyper=True
+)
+DROP_CFG = loop.TrainConfig(epochs=2, batch_size=10, optimizer="momentum")
+DROP_RATES = [0.0, 0.3, 0.6]
+
+
+@pytest.fixture(scope="module")
+def dropout_sweep():
+    base = loop.Hyper(learning_rate=0.1)
+    members = sweep.grid_members(2, {"dropout_rate": DROP_RATES}, base=base)
+    return members, sweep.sweep(DROP_TASK, DROP_CFG, DATA, members, devices=None)
+
+
+def test_dropout_rate_sweep_equals_each_rate_alone(dropout_sweep):
+    """Traced, vmapped dropout rates: every member equals its own single run bit for bit."""
+    members, res = dropout_sweep
+    assert [r["dropout_rate"] for r in res.rows] == pytest.approx([0, 0, 0.3, 0.3, 0.6, 0.6])
+    for i, m in enumerate(members):
+        key = jax.random.fold_in(jax.random.key(0), m.seed)
+        single = loop.train(DROP_TASK, DROP_CFG, DATA, m.hyper, key=key)
+        for u, v in zip(
+            jax.tree.leaves((res.params, res.history)),
+            jax.tree.leaves((single.params, single.history)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(np.asarray(u)[i], np.asarray(v))
+    # The rate is used: same seed, different rates, different parameters.
+    k = res.params["layer_0"]["kernel"]
+    assert not np.allclose(k[0], k[2]) and not np.allclose(k[2], k[4])
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_traced_dropout_rate_equals_the_static_rate(dropout_sweep, rate):
+    """Rate 0 is no dropout (a static Dropout(0.0) is inactive); 0.3 equals Dropout(0.3)."""
+    members, res = dropout_sweep
+    layers = (*DROP_LAYERS[:2], Dropout(rate), DROP_LAYERS[3])
+    static = tasks.layer_task(layers, (1, 2), loss="mean_squared_error")
+    i = next(j for j, m in enumerate(members) if m.hyper.dropout_rate == rate and m.seed == 1)
+    hp = members[i].hyper._replace(dropout_rate=0.0)
+    key = jax.random.fold_in(jax.random.key(0), 1)
+    ref = loop.train(static, DROP_CFG, DATA, hp, key=key)
+    for u, v in zip(jax.tree.leaves(res.params), jax.tree.leaves(ref.params), strict=True):
+        np.testing.assert_allclose(np.asarray(u)[i], np.asarray(v), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_sequential_strategy_agrees_with_vmap():
     members = sweep.grid_members(2, {"learning_rate": [0.1]})
@@ -117,8 +164,45 @@ def test_sequential_strategy_agrees_with_vmap():
             lambda: sweep.sweep(TASK, CFG, DATA, sweep.grid_members(1), strategy="pmap"),
             "strategy must be one of",
         ),
+        (
+            lambda: sweep.sweep(
+                DROP_TASK, CFG, DATA, sweep.grid_members(1, {"dropout_rate": [0.2, 1.0]})
+            ),
+            r"dropout_rate must be in \[0, 1\)",
+        ),
+        (
+            lambda: sweep.sweep(
+                DROP_TASK, CFG, DATA, sweep.grid_members(1, {"dropout_rate": [-0.1]})
+            ),
+            r"dropout_rate must be in \[0, 1\)",
+        ),
+        (
+            lambda: sweep.sweep(TASK, CFG, DATA, sweep.grid_members(1, {"dropout_rate": [0.2]})),
+            "ignores Hyper.dropout_rate",
+        ),
+        (
+            lambda: loop.train(TASK, CFG, DATA, loop.Hyper(dropout_rate=0.5)),
+            "ignores Hyper.dropout_rate",
+        ),
+        (
+            lambda: tasks.layer_task((Dense(2),), (1, 2), dropout_from_hyper=True),
+            "needs at least one Dropout layer",
+        ),
     ],
-    ids=["empty-values", "unknown-field", "no-seeds", "no-members", "bad-lr", "shapes", "strategy"],
+    ids=[
+        "empty-values",
+        "unknown-field",
+        "no-seeds",
+        "no-members",
+        "bad-lr",
+        "shapes",
+        "strategy",
+        "dropout-1",
+        "dropout-negative",
+        "dropout-ignored-sweep",
+        "dropout-ignored-train",
+        "dropout-no-layer",
+    ],
 )
 def test_bad_input_is_a_value_error(call, match):
     with pytest.raises(ValueError, match=match):
