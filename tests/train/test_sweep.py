@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -240,3 +243,110 @@ def test_sharded_sweep_equals_one_device():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "SHARDED-OK 6" in done.stdout
+
+
+# ----------------------------------------------------------------------------- group_stats
+
+
+def _manual(values, ddof):
+    """Reference mean / std / count of the finite values by the statistics module."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    mean = statistics.fmean(finite) if finite else math.nan
+    if len(finite) > ddof:
+        var = sum((v - mean) ** 2 for v in finite) / (len(finite) - ddof)
+        std = math.sqrt(var)
+    else:
+        std = math.nan
+    return mean, std, len(finite)
+
+
+def _rows():
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (lr, l2, seed) in enumerate(itertools.product([0.1, 0.3], [0.0, 0.01], range(4))):
+        v = float(rng.normal(lr * 10 + l2 * 100, 1.0))
+        if i in (5, 6, 7):
+            v = [math.nan, math.inf][i % 2]  # lr 0.1, l2 0.01: one finite value left
+        rows.append({"learning_rate": lr, "l2": l2, "seed": seed, "data": "a", "metric": v})
+    return rows
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+@pytest.mark.parametrize("by", [("learning_rate", "l2"), ("learning_rate",), ("seed",), ()])
+def test_group_stats_of_a_scalar_match_manual_grouping(by, ddof):
+    rows = _rows()
+    gs = sweep.group_stats(rows, by, "metric", ddof=ddof)
+    expected_keys = list(dict.fromkeys(tuple(r[c] for c in by) for r in rows))
+    assert gs.keys == expected_keys and gs.by == by
+    for g, key in enumerate(gs.keys):
+        vals = [r["metric"] for r in rows if tuple(r[c] for c in by) == key]
+        mean, std, n = _manual(vals, ddof)
+        np.testing.assert_allclose(gs.mean[g], mean, rtol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(gs.std[g], std, rtol=1e-12, equal_nan=True)
+        assert gs.count[g] == n and gs.size[g] == len(vals)
+    if by == ("learning_rate", "l2"):
+        g = gs.keys.index((0.1, 0.01))
+        assert gs.count[g] == 1 and (np.isnan(gs.std[g]) == (ddof == 1))
+        assert gs.rows()[g]["size"] == 4 and gs.label(g) == "learning_rate=0.1, l2=0.01"
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_group_stats_of_history_curves_are_nan_aware(with_divergent, ddof):
+    """Per epoch over seeds and l2; diverged members (NaN after their stop) drop out."""
+    members, res = with_divergent
+    gs = sweep.group_stats(res, "learning_rate", "val_loss", ddof=ddof)
+    lrs = [m.hyper.learning_rate for m in members]
+    assert [k[0] for k in gs.keys] == pytest.approx([0.05, 30.0, 0.2])
+    assert gs.mean.shape == (3, CFG.epochs)
+    for g, (lr,) in enumerate(gs.keys):
+        curves = res.history["val_loss"][[i for i, v in enumerate(lrs) if v == lr]]
+        for e in range(CFG.epochs):
+            mean, std, n = _manual(curves[:, e], ddof)
+            np.testing.assert_allclose(gs.mean[g, e], mean, rtol=1e-12, equal_nan=True)
+            np.testing.assert_allclose(gs.std[g, e], std, rtol=1e-12, equal_nan=True)
+            assert gs.count[g, e] == n
+    diverged = gs.keys.index((30.0,))
+    assert gs.count[diverged, -1] < 4  # frozen members stopped early
+    assert np.all(gs.count[[0, 2]] == 4)
+    # Scalar columns of the same result: the final validation loss per rate.
+    final = sweep.group_stats(res, ["learning_rate", "l2"], "final_val_loss")
+    assert len(final.keys) == 6 and np.all(final.size == 2)
+
+
+def test_curves_with_bands_draws_group_stats(with_divergent):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mljax.train import figures
+
+    _, res = with_divergent
+    gs = sweep.group_stats(res, "learning_rate", "val_loss")
+    fig, ax = plt.subplots()
+    lines = figures.curves_with_bands(ax, gs)
+    assert [ln.get_label() for ln in lines] == [
+        "learning_rate=0.05",
+        "learning_rate=30",
+        "learning_rate=0.2",
+    ]
+    for g, ln in enumerate(lines):
+        np.testing.assert_array_equal(ln.get_ydata(), gs.mean[g])
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        (([], "seed", "metric"), {}, "no rows"),
+        ((_rows(), "momentum", "metric"), {}, "unknown column"),
+        ((_rows(), "seed", "accuracy"), {}, "unknown metric"),
+        ((_rows(), "seed", "data"), {}, "must be numeric"),
+        ((_rows(), "seed", "metric"), {"ddof": -1}, "ddof must be"),
+        (([{"a": 1, "m": [1.0, 2.0]}, {"a": 1, "m": [1.0]}], "a", "m"), {}, "must be numeric"),
+    ],
+    ids=["empty", "column", "metric", "string-metric", "ddof", "ragged-curves"],
+)
+def test_group_stats_bad_input(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sweep.group_stats(*args, **kwargs)
