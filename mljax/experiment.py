@@ -9,6 +9,8 @@ An experiment module defines:
   :func:`mljax.results.to_jsonable`);
 * ``report_rows(metrics) -> list[ReportRow]``: one row per figure of the source report,
   the seed's value beside ours;
+* optionally ``report_notes(metrics) -> str``: markdown written above that table (why our
+  numbers differ from the source report, where they do);
 
 and ends with ``if __name__ == "__main__": raise SystemExit(cli_main(sys.modules[__name__]))``.
 
@@ -138,7 +140,12 @@ def execute(module: ModuleType, config: Any) -> tuple[dict[str, Any], RunDir]:
     title = (
         f"{module.NAME}: {(module.__doc__ or '').strip().splitlines()[0] if module.__doc__ else ''}"
     )
-    run_dir.write_report(render_report(title.rstrip(": "), module.report_rows(metrics)))
+    # Optional ``report_notes(metrics) -> str``: markdown placed above the table (e.g. why a
+    # number differs from the source report).
+    notes = module.report_notes(metrics) if hasattr(module, "report_notes") else ""
+    run_dir.write_report(
+        render_report(title.rstrip(": "), module.report_rows(metrics), preamble=notes)
+    )
     return metrics, run_dir
 
 

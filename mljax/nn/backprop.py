@@ -16,7 +16,7 @@ pass walks the layers in reverse with g = dLoss/d(output of layer i) and applies
     AvgPool                      g / (kh·kw) spread over every window position (padding dropped)
     Flatten                      dx = g reshaped to the input shape
     relu / sigmoid / tanh / id   g·[f > 0],  g·f(1 - f),  g·(1 - f²),  g   (f = layer output)
-    Dropout (keep mask m)        dx = g·m / (1 - rate)
+    Dropout (keep mask m)        dx = g·m / (1 - rate)   (rate: the spec's, or ``dropout_rate``)
     BatchNorm (train)            x̂ = (x - μ)/σ, σ = sqrt(var + eps), m = rows reduced over:
                                  dγ = Σ g x̂,  dβ = Σ g,  dx = (γ/σ)(g - dβ/m - x̂ dγ/m)
     BatchNorm (eval)             dx = g γ / σ_running,  dγ = Σ g x̂,  dβ = Σ g
@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from mljax.nn import losses as losses_lib
@@ -59,6 +60,7 @@ from mljax.nn.layers import (
     MaxPool,
     apply_parameter_free,
     dropout_masks,
+    is_active_dropout,
     layer_name,
     layer_shapes,
     validate_layers,
@@ -291,7 +293,8 @@ def activation_backward(name: str, f: jax.Array, g: jax.Array) -> jax.Array:
 
 def dropout_backward(g: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
     """dx = g · keep / (1 - rate)."""
-    return jnp.where(keep, g / (1.0 - rate), jnp.zeros((), g.dtype))
+    # Same reciprocal-then-multiply as layers.apply_dropout (identical rounding).
+    return jnp.where(keep, g * (1.0 / (1.0 - rate)), jnp.zeros((), g.dtype))
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -427,6 +430,15 @@ def _check_penalty(value, name):
         raise ValueError(f"{name} must be a finite value >= 0, got {value!r}")
 
 
+def _check_rate(value) -> None:
+    """A concrete dropout rate must lie in [0, 1); traced values pass."""
+    if value is None or isinstance(value, jax.core.Tracer):
+        return
+    arr = np.asarray(value, dtype=np.float64)  # host check: no eager device op
+    if arr.ndim != 0 or not np.isfinite(arr) or not 0.0 <= float(arr) < 1.0:
+        raise ValueError(f"dropout_rate must be a scalar in [0, 1), got {value!r}")
+
+
 def _is_literal_zero(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
 
@@ -439,8 +451,11 @@ def forward(
     train: bool = False,
     masks: tuple | None = None,
     batch_stats=None,
+    dropout_rate=None,
 ):
     """Pure jnp forward pass storing what the backward pass needs.
+
+    ``dropout_rate`` (optional, may be traced) replaces every Dropout's static rate.
 
     Returns:
         (outputs, acts, caches, new_batch_stats): ``acts[i]`` is layer i's input and
@@ -459,7 +474,11 @@ def forward(
             out = conv_forward(a, params[name]["kernel"], params[name].get("bias"), layer)
         elif isinstance(layer, PARAMETER_FREE):
             out = apply_parameter_free(
-                layer, a, train=train, mask=None if masks is None else masks[i]
+                layer,
+                a,
+                train=train,
+                mask=None if masks is None else masks[i],
+                dropout_rate=dropout_rate,
             )
         elif isinstance(layer, BatchNorm):
             stats = None if batch_stats is None else batch_stats[name]
@@ -486,6 +505,7 @@ def grads(
     dropout_rng: jax.Array | None = None,
     batch_stats=None,
     input_grad: bool = False,
+    dropout_rate=None,
 ) -> Backprop:
     """Loss and parameter gradients of a layer stack by the manual rules (module docstring).
 
@@ -505,28 +525,32 @@ def grads(
         batch_stats: ``variables["batch_stats"]``: required in eval mode with BatchNorm; in
             train mode the updated running statistics are returned.
         input_grad: Also return dLoss/dx (and every delta down to the input).
+        dropout_rate: Optional scalar in [0, 1) (may be traced) used by every Dropout layer
+            instead of its static rate; masks drawn from ``dropout_rng`` then use it too.
 
     Returns:
         `Backprop` with loss, grads (same structure as params), deltas, input_grad, outputs
         and batch_stats.
 
     Raises:
-        ValueError: Bad layers, loss name, shapes, params, penalties or missing masks / stats.
+        ValueError: Bad layers, loss name, shapes, params, penalties, dropout rate or missing
+            masks / stats.
     """
     layers = _layers_of(model_or_layers)
     if loss not in losses_lib.LOSSES:
         raise ValueError(f"loss must be one of {losses_lib.LOSSES}, got {loss!r}")
     _check_penalty(l1, "l1")
     _check_penalty(l2, "l2")
+    _check_rate(dropout_rate)
     x = jnp.asarray(x)
     shapes = layer_shapes(layers, x.shape)
     _check_params(params, _expected_param_shapes(layers, shapes))
     y = _prepare_targets(loss, y, shapes[-1])
-    uses_dropout = train and any(isinstance(lay, Dropout) and lay.rate > 0 for lay in layers)
+    uses_dropout = train and any(is_active_dropout(lay, dropout_rate) for lay in layers)
     if uses_dropout and masks is None:
         if dropout_rng is None:
             raise ValueError("train=True with Dropout needs masks= or dropout_rng=")
-        masks = dropout_masks(dropout_rng, layers, x.shape)
+        masks = dropout_masks(dropout_rng, layers, x.shape, dropout_rate)
     if uses_dropout and len(masks) != len(layers):
         raise ValueError(f"masks must have one entry per layer ({len(layers)}), got {len(masks)}")
     has_bn = any(isinstance(lay, BatchNorm) for lay in layers)
@@ -534,7 +558,13 @@ def grads(
         raise ValueError("BatchNorm in eval mode (train=False) needs batch_stats=")
 
     out, acts, caches, new_stats = forward(
-        layers, params, x, train=train, masks=masks, batch_stats=batch_stats
+        layers,
+        params,
+        x,
+        train=train,
+        masks=masks,
+        batch_stats=batch_stats,
+        dropout_rate=dropout_rate,
     )
     loss_value, g = loss_and_output_grad(loss, out, y)
 
@@ -565,8 +595,9 @@ def grads(
         elif isinstance(layer, Activation):
             g = activation_backward(layer.name, a_out, g)
         elif isinstance(layer, Dropout):
-            if train and layer.rate > 0:
-                g = dropout_backward(g, masks[i], layer.rate)
+            if train and is_active_dropout(layer, dropout_rate):
+                rate = layer.rate if dropout_rate is None else dropout_rate
+                g = dropout_backward(g, masks[i], rate)
         elif isinstance(layer, BatchNorm):
             dscale, dbias, g = batch_norm_backward(g, params[name]["scale"], caches[i], train=train)
             layer_grads[name] = {"scale": dscale, "bias": dbias}

@@ -37,6 +37,11 @@ Dropout with rate > 0, None elsewhere). `LayerStack` takes ``masks=`` explicitly
 without explicit masks it calls `dropout_masks` with ``self.make_rng("dropout")``. To get the
 same masks in `jax.grad` of the flax model and in the manual engine, draw them once and pass the
 same tuple to both.
+
+Traced dropout rate: ``dropout_masks``, ``apply_parameter_free``, ``LayerStack`` and the manual
+engine take an optional ``dropout_rate`` (a scalar, possibly traced). When given, every Dropout
+layer uses it instead of its spec's static rate, so a sweep can vmap over dropout rates; rate
+0 keeps every unit (keep ~ Bernoulli(1)) and divides by 1, i.e. no dropout.
 """
 
 from __future__ import annotations
@@ -291,32 +296,44 @@ def layer_shapes(layers: Sequence[Layer], input_shape: Sequence[int]) -> tuple[t
     return tuple(shapes)
 
 
-def dropout_masks(key: jax.Array, layers: Sequence[Layer], input_shape: Sequence[int]) -> tuple:
+def dropout_masks(
+    key: jax.Array, layers: Sequence[Layer], input_shape: Sequence[int], rate=None
+) -> tuple:
     """Draw the dropout keep-masks of one training forward pass.
 
     Args:
         key: PRNG key; layer i uses ``jax.random.fold_in(key, i)``.
         layers: The layer specs.
         input_shape: Shape of the network input, e.g. [n, d] or [n, h, w, c].
+        rate: Optional scalar (may be traced) that replaces every Dropout's static rate.
 
     Returns:
         Tuple aligned with ``layers``: a bool array (True = keep) of layer i's input shape for
-        each Dropout with rate > 0, None for every other layer.
+        each active Dropout (rate > 0, or any Dropout when ``rate`` is given), None elsewhere.
     """
     shapes = layer_shapes(layers, input_shape)
     masks = []
     for i, layer in enumerate(layers):
-        if isinstance(layer, Dropout) and layer.rate > 0:
-            keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - layer.rate, shapes[i])
+        if is_active_dropout(layer, rate):
+            p_keep = 1.0 - (layer.rate if rate is None else rate)
+            keep = jax.random.bernoulli(jax.random.fold_in(key, i), p_keep, shapes[i])
             masks.append(keep)
         else:
             masks.append(None)
     return tuple(masks)
 
 
+def is_active_dropout(layer, rate=None) -> bool:
+    """Whether ``layer`` drops units in training: a Dropout with a static rate > 0, or any
+    Dropout when a (traced) ``rate`` overrides the static one."""
+    return isinstance(layer, Dropout) and (rate is not None or layer.rate > 0)
+
+
 def apply_dropout(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
     """Inverted dropout with a given keep-mask: x · keep / (1 - rate)."""
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+    # One scalar reciprocal, then a multiply: with a traced rate, x / (1 - rate) was rounded
+    # differently vmapped and alone (XLA rewrote one of them), breaking sweep == single run.
+    return jnp.where(keep, x * (1.0 / (1.0 - rate)), jnp.zeros((), x.dtype))
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -500,7 +517,7 @@ def avg_pool(x: jax.Array, layer: AvgPool) -> jax.Array:
 PARAMETER_FREE = (MaxPool, AvgPool, Flatten, Activation, Dropout)
 
 
-def apply_parameter_free(layer, x: jax.Array, *, train: bool, mask) -> jax.Array:
+def apply_parameter_free(layer, x: jax.Array, *, train: bool, mask, dropout_rate=None) -> jax.Array:
     """Forward of a layer without parameters; shared by ``LayerStack`` and the manual engine.
 
     Args:
@@ -508,6 +525,7 @@ def apply_parameter_free(layer, x: jax.Array, *, train: bool, mask) -> jax.Array
         x: its input.
         train: dropout is applied only in training mode.
         mask: the dropout keep-mask for this layer (see :func:`dropout_masks`), else None.
+        dropout_rate: optional (traced) rate replacing a Dropout's static rate.
     """
     if isinstance(layer, MaxPool):
         return max_pool(x, layer)
@@ -518,7 +536,9 @@ def apply_parameter_free(layer, x: jax.Array, *, train: bool, mask) -> jax.Array
     if isinstance(layer, Activation):
         return activation_fn(layer.name)(x)
     if isinstance(layer, Dropout):
-        return apply_dropout(x, mask, layer.rate) if train and layer.rate > 0 else x
+        if not (train and is_active_dropout(layer, dropout_rate)):
+            return x
+        return apply_dropout(x, mask, layer.rate if dropout_rate is None else dropout_rate)
     raise ValueError(
         f"{type(layer).__name__} has parameters; allowed here: "
         f"{', '.join(t.__name__ for t in PARAMETER_FREE)}"
@@ -537,7 +557,9 @@ class LayerStack(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False, masks: tuple | None = None):
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, masks: tuple | None = None, dropout_rate=None
+    ):
         """Forward pass.
 
         Args:
@@ -546,15 +568,17 @@ class LayerStack(nn.Module):
                 ``batch_stats`` (apply with ``mutable=["batch_stats"]``).
             masks: Optional dropout masks from `dropout_masks`; if None in train mode they are
                 drawn from the ``"dropout"`` rng.
+            dropout_rate: Optional scalar (may be traced) used by every Dropout layer instead
+                of its static rate (see the module docstring).
 
         Returns:
             The network output (logits / pre-activation of the last layer if it is Dense/Conv).
         """
         layers = validate_layers(self.layers)
-        has_dropout = any(isinstance(lay, Dropout) and lay.rate > 0 for lay in layers)
+        has_dropout = any(is_active_dropout(lay, dropout_rate) for lay in layers)
         if train and has_dropout:
             if masks is None:
-                masks = dropout_masks(self.make_rng("dropout"), layers, x.shape)
+                masks = dropout_masks(self.make_rng("dropout"), layers, x.shape, dropout_rate)
             elif len(masks) != len(layers):
                 raise ValueError(
                     f"masks must have one entry per layer ({len(layers)}), got {len(masks)}"
@@ -584,7 +608,11 @@ class LayerStack(nn.Module):
                 )(x)
             elif isinstance(layer, PARAMETER_FREE):
                 x = apply_parameter_free(
-                    layer, x, train=train, mask=None if masks is None else masks[i]
+                    layer,
+                    x,
+                    train=train,
+                    mask=None if masks is None else masks[i],
+                    dropout_rate=dropout_rate,
                 )
             elif isinstance(layer, BatchNorm):
                 x = nn.BatchNorm(

@@ -4,11 +4,12 @@ returns what it drew; save with :func:`mljax.plots.save_figure`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from mljax.plots import curve_with_band, image_grid
+from mljax.train.sweep import GroupStats
 
 
 def decision_boundary(
@@ -70,23 +71,50 @@ def decision_boundary(
 
 def curves_with_bands(
     ax,
-    curves: Mapping[str, np.ndarray],
+    curves,
     *,
     x: np.ndarray | None = None,
     ylabel: str = "loss",
     log: bool = False,
+    labels: Sequence[str] | None = None,
 ):
-    """One mean ± std band per entry of ``curves {label: [runs, steps]}``."""
+    """One mean ± std band per curve.
+
+    Args:
+        curves: ``{label: [runs, steps]}`` (mean and std over runs, NaN ignored), or the
+            :class:`mljax.train.sweep.GroupStats` of a per-epoch metric (its ``mean`` ± ``std``
+            per group, labelled by the group's values unless ``labels`` is given).
+        x: the steps' x values (default 1, 2, ...).
+        labels: legend labels for a ``GroupStats``, one per group.
+    """
     lines = []
-    for label, values in curves.items():
-        values = np.asarray(values, dtype=np.float64)
-        xs = np.arange(1, values.shape[-1] + 1) if x is None else x
-        lines.append(curve_with_band(ax, xs, values, label=label))
+    if isinstance(curves, GroupStats):
+        mean, std = np.asarray(curves.mean, np.float64), np.asarray(curves.std, np.float64)
+        if mean.ndim != 2:
+            raise ValueError(
+                f"GroupStats of a curve metric needed ([G, T] means), got {mean.shape}"
+            )
+        if labels is not None and len(labels) != mean.shape[0]:
+            raise ValueError(f"labels must give one label per group ({mean.shape[0]})")
+        for g in range(mean.shape[0]):
+            xs = np.arange(1, mean.shape[1] + 1) if x is None else x
+            label = curves.label(g) if labels is None else labels[g]
+            (line,) = ax.plot(xs, mean[g], label=label)
+            band = np.nan_to_num(std[g])  # no band where one member is left (or none)
+            ax.fill_between(
+                xs, mean[g] - band, mean[g] + band, color=line.get_color(), alpha=0.25, lw=0
+            )
+            lines.append(line)
+    else:
+        for label, values in curves.items():
+            values = np.asarray(values, dtype=np.float64)
+            xs = np.arange(1, values.shape[-1] + 1) if x is None else x
+            lines.append(curve_with_band(ax, xs, values, label=label))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
-    if curves:
+    if lines:
         ax.legend(fontsize=6)
     return lines
 

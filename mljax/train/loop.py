@@ -82,7 +82,9 @@ class Hyper(NamedTuple):
         weight_decay: decoupled decay θ ← θ - lr_t·wd·W on kernels.
         l1: λ₁ of the λ₁ Σ|W| penalty (gradient λ₁ sign W), kernels only.
         l2: λ₂ of the (λ₂/2) Σ W² penalty (gradient λ₂ W), kernels only.
-        dropout_rate: passed to tasks whose model takes a traced dropout rate.
+        dropout_rate: in [0, 1); used by tasks with ``uses_dropout_rate`` (e.g.
+            ``tasks.layer_task(..., dropout_from_hyper=True)``) as every Dropout layer's
+            rate; a nonzero value on any other task is refused (:func:`check_task_hyper`).
     """
 
     learning_rate: Any = 0.01
@@ -143,6 +145,8 @@ class Task:
         has_conv: whether the model convolves (decides the "auto" strategy).
         decay_mask: ``params -> bool tree``, which leaves the penalties and weight decay
             touch (default: leaves named ``kernel``).
+        uses_dropout_rate: whether ``apply`` / ``manual_grad`` read ``hparams.dropout_rate``
+            (a traced rate a sweep can vmap over); if False a nonzero rate is refused.
     """
 
     init: Callable
@@ -152,6 +156,21 @@ class Task:
     manual_grad: Callable | None = None
     has_conv: bool = False
     decay_mask: Callable | None = None
+    uses_dropout_rate: bool = False
+
+
+def check_task_hyper(task: Task, hp: Hyper) -> None:
+    """Raises ``ValueError`` for a concrete nonzero ``dropout_rate`` on a task that ignores it
+    (it would be silently dropped; traced values pass)."""
+    value = hp.dropout_rate
+    if task.uses_dropout_rate or isinstance(value, jax.core.Tracer):
+        return
+    if np.any(np.asarray(value, dtype=np.float64) != 0):
+        raise ValueError(
+            f"dropout_rate={value!r} but this task ignores Hyper.dropout_rate (its Dropout "
+            "layers use their static rates); build it with "
+            "tasks.layer_task(..., dropout_from_hyper=True) to sweep dropout rates"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -571,6 +590,7 @@ def check_inputs(task: Task, cfg: TrainConfig, data: Data, hp: Hyper | None = No
         raise ValueError("grad_source='manual' needs a task with manual_grad")
     if hp is not None:
         check_hyper(hp)
+        check_task_hyper(task, hp)
     spe = num_batches(n, cfg.batch_size, drop_remainder=cfg.drop_remainder)
     return spe
 

@@ -235,6 +235,7 @@ def sweep(
         if not 0 <= m.data_index < len(datasets):
             raise ValueError(f"member {m} has data_index outside [0, {len(datasets)})")
         loop.check_hyper(m.hyper)
+        loop.check_task_hyper(task, m.hyper)
     for d in datasets:
         loop.check_inputs(task, cfg, d)
     keys_hist = loop._check_monitor(task, cfg, datasets[0])
@@ -311,4 +312,150 @@ def sweep(
         rows=rows,
         strategy=picked,
         devices=n_dev,
+    )
+
+
+# ----------------------------------------------------------------------------- mean ± std
+
+
+class GroupStats(NamedTuple):
+    """Mean ± std of one metric per group of sweep members (from :func:`group_stats`).
+
+    Attributes:
+        by: the grouping columns.
+        metric: the metric's name.
+        keys: one tuple of ``by`` values per group, in order of first appearance.
+        mean, std: ``[G]`` for a scalar metric, ``[G, T]`` for a curve (per epoch); NaN where
+            a group has no finite value (std also where ``count <= ddof``).
+        count: finite values behind each mean, same shape as ``mean`` (for curves it drops
+            where members stopped early or diverged).
+        size: members per group ``[G]``.
+        members: member (row) indices of each group.
+        ddof: the std's delta degrees of freedom.
+    """
+
+    by: tuple
+    metric: str
+    keys: list
+    mean: np.ndarray
+    std: np.ndarray
+    count: np.ndarray
+    size: np.ndarray
+    members: list
+    ddof: int
+
+    def label(self, g: int) -> str:
+        """``"name=value, ..."`` of group ``g`` (for legends)."""
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in zip(self.by, self.keys[g], strict=True))
+
+    def rows(self) -> list[dict]:
+        """One tidy dict per group: the ``by`` columns, ``mean``, ``std``, ``count``, ``size``."""
+        out = []
+        for g, key in enumerate(self.keys):
+            row = dict(zip(self.by, key, strict=True))
+            for name in ("mean", "std", "count"):
+                v = getattr(self, name)[g]
+                row[name] = v.tolist() if np.ndim(v) else v.item()
+            row["size"] = int(self.size[g])
+            out.append(row)
+        return out
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def group_stats(
+    result_or_rows: SweepResult | Sequence[Mapping],
+    by: str | Sequence[str],
+    metric: str,
+    *,
+    ddof: int = 0,
+) -> GroupStats:
+    """Mean ± std of ``metric`` over the members sharing the values of the ``by`` columns.
+
+    For every group G (members with equal ``by`` values; e.g. ``by=("learning_rate",)``
+    averages over seeds, ``by=("seed",)`` over hyperparameters):
+
+        count = #{m ∈ G : v_m finite},  mean = Σ v_m / count,
+        std   = sqrt(Σ (v_m - mean)² / (count - ddof))          (finite v_m only)
+
+    taken elementwise for a curve, so members frozen by divergence or stopped early (NaN
+    after their stop) leave the statistics of the later epochs to the others.
+
+    Args:
+        result_or_rows: a :class:`SweepResult` (its tidy ``rows``; a metric that names a
+            ``history`` key is that per-epoch curve ``[M, epochs]``) or a sequence of row
+            dicts (a value that is an array-like is a curve; all must have one length).
+        by: column name(s) of the rows (``seed``, ``data``, hyperparameter fields, ...);
+            ``()`` puts every member in one group.
+        metric: a row column (``final_val_loss``, ``best_epoch``, ...) or a history key.
+        ddof: delta degrees of freedom of the std (0: population, as
+            :func:`mljax.experiment.summarize`; 1: sample).
+
+    Returns:
+        :class:`GroupStats`.
+
+    Raises:
+        ValueError: no rows, an unknown column or metric, ``ddof`` < 0, curves of
+            different lengths, non-numeric metric values.
+    """
+    by = (by,) if isinstance(by, str) else tuple(by)
+    if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof < 0:
+        raise ValueError(f"ddof must be an int >= 0, got {ddof!r}")
+    if isinstance(result_or_rows, SweepResult):
+        rows = result_or_rows.rows
+        history = result_or_rows.history
+    else:
+        rows = list(result_or_rows)
+        history = {}
+    if not rows:
+        raise ValueError("result_or_rows has no rows: nothing to group")
+    columns = set().union(*(r.keys() for r in rows))
+    missing = [c for c in by if c not in columns]
+    if missing:
+        raise ValueError(f"unknown column(s) {missing} in by; columns: {sorted(columns)}")
+    if metric in history:
+        values = np.asarray(history[metric], dtype=np.float64)
+    elif metric in columns:
+        try:
+            values = np.asarray([r.get(metric, np.nan) for r in rows], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"metric {metric!r} must be numeric (a number or one equal-length curve per row)"
+            ) from None
+    else:
+        allowed = sorted(columns | set(history))
+        raise ValueError(f"unknown metric {metric!r}; allowed: {allowed}")
+    if values.ndim not in (1, 2):
+        raise ValueError(f"metric {metric!r} must be a scalar or a curve per row")
+
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(tuple(r.get(c) for c in by), []).append(i)
+    keys = list(groups)
+    shape = (len(keys), *values.shape[1:])
+    mean = np.full(shape, np.nan)
+    std = np.full(shape, np.nan)
+    count = np.zeros(shape, np.int64)
+    for g, idx in enumerate(groups.values()):
+        v = values[idx]
+        ok = np.isfinite(v)
+        n = ok.sum(axis=0)
+        total = np.where(ok, v, 0.0).sum(axis=0)
+        mu = np.divide(total, n, out=np.full(n.shape, np.nan), where=n > 0)
+        sq = np.where(ok, np.square(v - mu), 0.0).sum(axis=0)
+        dof = n - ddof
+        mean[g], count[g] = mu, n
+        std[g] = np.sqrt(np.divide(sq, dof, out=np.full(n.shape, np.nan), where=dof > 0))
+    return GroupStats(
+        by=by,
+        metric=metric,
+        keys=keys,
+        mean=mean,
+        std=std,
+        count=count,
+        size=np.asarray([len(i) for i in groups.values()]),
+        members=[np.asarray(i) for i in groups.values()],
+        ddof=ddof,
     )

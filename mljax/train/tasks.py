@@ -15,7 +15,10 @@ cross-entropy.
 
 Dropout masks come from ``mljax.nn.layers.dropout_masks(rng, layers, x.shape)`` and are passed
 to both the flax model and the manual engine, so "autodiff" and "manual" see the same masks.
-The dropout rate is the layer spec's (static); ``Hyper.dropout_rate`` is not used here.
+By default the dropout rate is the layer spec's (static) and ``Hyper.dropout_rate`` must stay
+0. With ``dropout_from_hyper=True`` every Dropout layer uses the member's traced
+``Hyper.dropout_rate`` instead (masks keep ~ Bernoulli(1 - rate), scale 1 / (1 - rate)), in
+the flax forward and in the manual engine alike, so a sweep vmaps over dropout rates.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mljax.nn.layers import Conv, Dropout, LayerStack, dropout_masks, validate_layers
+from mljax.nn.layers import (
+    Conv,
+    Dropout,
+    LayerStack,
+    dropout_masks,
+    is_active_dropout,
+    validate_layers,
+)
 from mljax.train.loop import Task
 
 LOSSES = ("softmax_cross_entropy", "mean_squared_error", "squared_error", "binary_cross_entropy")
@@ -96,6 +106,7 @@ def layer_task(
     metrics: bool = True,
     bias_init: float | None = None,
     param_dtype=jnp.float32,
+    dropout_from_hyper: bool = False,
 ) -> Task:
     """A :class:`~mljax.train.loop.Task` for a layer stack.
 
@@ -107,16 +118,31 @@ def layer_task(
         metrics: add per-example ``accuracy``.
         bias_init: set every bias to this constant after init (the Playground uses 0.1).
         param_dtype: parameter dtype.
+        dropout_from_hyper: every Dropout layer uses ``Hyper.dropout_rate`` (traced, so a
+            sweep can vmap over it) instead of its static rate; needs a Dropout layer.
 
     Returns:
         A task with ``manual_grad`` from :func:`mljax.nn.backprop.grads` (same masks).
+
+    Raises:
+        ValueError: bad layers or loss; ``dropout_from_hyper`` without a Dropout layer.
     """
     layers = validate_layers(layers)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     model = LayerStack(layers, param_dtype=param_dtype)
     input_shape = tuple(int(s) for s in input_shape)
-    has_dropout = any(isinstance(lay, Dropout) and lay.rate > 0 for lay in layers)
+    if not isinstance(dropout_from_hyper, bool):
+        raise ValueError(f"dropout_from_hyper must be True or False, got {dropout_from_hyper!r}")
+    if dropout_from_hyper and not any(isinstance(lay, Dropout) for lay in layers):
+        raise ValueError(
+            "dropout_from_hyper=True needs at least one Dropout layer in layers "
+            "(the traced Hyper.dropout_rate would be ignored)"
+        )
+    # Static marker for "a traced rate replaces the spec's": is_active_dropout only tests it
+    # against None, so 0.0 makes every Dropout layer active.
+    marker = 0.0 if dropout_from_hyper else None
+    has_dropout = any(is_active_dropout(lay, marker) for lay in layers)
     per_example = per_example_loss_fn(loss)
 
     def init(key):
@@ -126,27 +152,32 @@ def layer_task(
             params = _set_biases(params, bias_init)
         return params, variables.get("batch_stats", {})
 
-    def masks_for(rng, x, train):
+    def rate_of(hparams, train):
+        return hparams.dropout_rate if (dropout_from_hyper and train) else None
+
+    def masks_for(rng, x, train, rate):
         if train and has_dropout:
-            return dropout_masks(rng, layers, x.shape)
+            return dropout_masks(rng, layers, x.shape, rate)
         return None
 
     def apply(params, state, x, *, train, rng, hparams):
         variables = {"params": params}
         if state:
             variables["batch_stats"] = state
-        masks = masks_for(rng, x, train)
+        rate = rate_of(hparams, train)
+        masks = masks_for(rng, x, train, rate)
         if train and state:
             out, updates = model.apply(
-                variables, x, train=True, masks=masks, mutable=["batch_stats"]
+                variables, x, train=True, masks=masks, dropout_rate=rate, mutable=["batch_stats"]
             )
             return out, updates["batch_stats"]
-        return model.apply(variables, x, train=train, masks=masks), state
+        return model.apply(variables, x, train=train, masks=masks, dropout_rate=rate), state
 
     def manual_grad(params, batch, rng, state, hparams):
         from mljax.nn import backprop
 
         x, y, _ = batch  # full batches only (checked before tracing)
+        rate = rate_of(hparams, True)
         bp = backprop.grads(
             layers,
             params,
@@ -154,8 +185,9 @@ def layer_task(
             y,
             loss=loss if loss != "squared_error" else "mean_squared_error",
             train=True,
-            masks=masks_for(rng, x, True),
+            masks=masks_for(rng, x, True, rate),
             batch_stats=state if state else None,
+            dropout_rate=rate,
         )
         new_state = bp.batch_stats if state else state
         return bp.loss, bp.grads, new_state
@@ -167,4 +199,5 @@ def layer_task(
         metrics=accuracy_fn(loss) if metrics else None,
         manual_grad=manual_grad,
         has_conv=any(isinstance(lay, Conv) for lay in layers),
+        uses_dropout_rate=dropout_from_hyper,
     )

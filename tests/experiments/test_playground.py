@@ -97,7 +97,63 @@ def test_quick_run(tmp_path, monkeypatch):
     # Easy sets are learnt in 60 epochs: gauss with (x1, x2) far below chance (0.5).
     gauss = saved["gauss"]["x1,x2 | sigmoid 5-5 | none"]
     assert gauss["test_loss_mean"] < 0.05 and gauss["seed_reported_test_loss"] == 0.0
+    for d in toy.PLAYGROUND_DATASETS:
+        for m in saved[d].values():
+            never, reached = m["never_reached_0.01_fraction"], m["reached_0.01_fraction"]
+            assert never == pytest.approx(1.0 - reached) and m["seeds"] == 2
+            med = m["epochs_to_test_loss_0.01_median"]
+            # 2 seeds: the median is the mean of both, so one never-reaching seed makes it ∞.
+            assert (med is None) == (never >= 0.5) and (med is None or 1 <= med <= 60)
+    comparison = saved["_activation_comparison"]
+    assert set(comparison["report"]) == set(toy.PLAYGROUND_DATASETS)
+    gauss_sig = comparison["report"]["gauss"]["sigmoid"]
+    cell = saved["gauss"]["x1,x2 | sigmoid 5-5 | none"]
+    assert gauss_sig["median"] == cell["epochs_to_test_loss_0.01_median"]
+    assert gauss_sig["reached_fraction"] == cell["reached_0.01_fraction"]
     for png in ("decision_boundaries.png", "loss_curves.png", "activation_comparison.png"):
         assert (tmp_path / png).stat().st_size > 1000
     report = (tmp_path / "report.md").read_text()
     assert "circle" in report and "0.051" in report
+    assert "activation comparison, gauss (report features)" in report
+
+
+def test_epochs_to_target_is_the_first_epoch_at_or_below_the_target():
+    curves = np.array(
+        [
+            [0.5, 0.02, 0.01, 0.001],  # first <= 0.01 at epoch 3
+            [0.5, 0.4, 0.3, 0.2],  # never
+            [0.005, np.nan, np.nan, np.nan],  # epoch 1, then stopped
+            [0.5, np.nan, np.nan, np.nan],  # stopped before reaching it
+        ]
+    )
+    expected = []
+    for row in curves:
+        hits = [e + 1 for e, v in enumerate(row) if v <= 0.01]
+        expected.append(hits[0] if hits else np.inf)
+    np.testing.assert_array_equal(pg.epochs_to_target(curves, 0.01), expected)
+    with pytest.raises(ValueError, match="curves must be"):
+        pg.epochs_to_target(np.zeros(3))
+
+
+def _notes_metrics(stuck_l1: float, stuck_free: float) -> dict:
+    def cell(stuck, reported=None):
+        return {
+            "stuck_at_chance_fraction": stuck,
+            "test_loss_mean": 0.5 if stuck else 0.02,
+            "test_loss_std": 0.01,
+            "epochs": 1000,
+            "first_layer_abs_weight_mean": 0.001 if stuck else 0.3,
+            "reached_0.01_fraction": 0.0,
+        }
+
+    l1 = next(c for c in pg.REPORT_CELLS if c.dataset == "spiral" and c.reg == "L1")
+    free = pg.Cell("spiral", pg.ALL, "sigmoid", "none", pg.BEST["spiral"][1])
+    return {"spiral": {l1.name: cell(stuck_l1), free.name: cell(stuck_free)}, "_meta": {"seeds": 8}}
+
+
+def test_report_notes_blame_the_penalty_only_when_the_unpenalised_net_escapes():
+    note = pg.report_notes(_notes_metrics(stuck_l1=1.0, stuck_free=0.0))
+    assert "spiral, all features, L1 0.01" in note and "0.001" in note and "0.3" in note
+    assert "L2" not in note  # no L2 cell in these metrics
+    assert pg.report_notes(_notes_metrics(stuck_l1=1.0, stuck_free=1.0)) == ""
+    assert pg.report_notes(_notes_metrics(stuck_l1=0.0, stuck_free=0.0)) == ""

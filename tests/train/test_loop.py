@@ -256,3 +256,39 @@ def test_manual_and_autodiff_grad_sources_train_alike(layers, loss):
     )
     _tree_close(auto.params, manual.params, rtol=1e-5, atol=1e-6)
     _tree_close(auto.history, manual.history, rtol=1e-5, atol=1e-6)
+
+
+def test_manual_and_autodiff_gradients_agree_under_a_traced_dropout_rate(x64):
+    """dropout_from_hyper: both gradient sources read the vmapped, traced Hyper.dropout_rate."""
+    layers = (Dense(6), Activation("tanh"), Dropout(0.0), Dense(4), Dropout(0.0), Dense(2))
+    task = tasks.layer_task(layers, (1, 3), param_dtype=jnp.float64, dropout_from_hyper=True)
+    params, state = task.init(jax.random.key(0))
+    x = np.asarray(X[:16], np.float64)
+    batch = (x, np.asarray(Y[:16]), np.ones(16, bool))
+    rng = jax.random.key(7)
+    rates = jnp.asarray([0.0, 0.25, 0.5], jnp.float64)
+    auto_fn, manual_fn = loop.autodiff_grad_fn(task), task.manual_grad
+
+    @jax.jit
+    @jax.vmap
+    def both(rate):
+        hp = loop.Hyper(dropout_rate=rate)
+        return auto_fn(params, batch, rng, state, hp)[:2], manual_fn(params, batch, rng, state, hp)[
+            :2
+        ]
+
+    (auto_loss, auto_g), (man_loss, man_g) = both(rates)
+    np.testing.assert_allclose(auto_loss, man_loss, rtol=1e-10)
+    _tree_close(auto_g, man_g, rtol=1e-8, atol=1e-12)
+    # Rate 0 is the no-dropout gradient (jax.grad of the plain network); other rates differ.
+    w = params
+
+    def plain(p):
+        h = jnp.tanh(x @ p["layer_0"]["kernel"] + p["layer_0"]["bias"])
+        h = h @ p["layer_3"]["kernel"] + p["layer_3"]["bias"]
+        z = h @ p["layer_5"]["kernel"] + p["layer_5"]["bias"]
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, batch[1]))
+
+    _tree_close(jax.tree.map(lambda a: a[0], man_g), jax.grad(plain)(w), rtol=1e-10, atol=1e-14)
+    k = man_g["layer_0"]["kernel"]
+    assert not np.allclose(k[1], k[0]) and not np.allclose(k[2], k[1])

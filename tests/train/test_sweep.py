@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -14,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mljax.nn.layers import Activation, Dense
+from mljax.nn.layers import Activation, Dense, Dropout
 from mljax.train import loop, sweep, tasks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +90,53 @@ def test_same_shape_datasets_are_swept_as_traced_data():
     _equal(jax.tree.map(lambda a: a[2:], res.params), one.params)
 
 
+DROP_LAYERS = (Dense(8), Activation("relu"), Dropout(0.0), Dense(1))
+DROP_TASK = tasks.layer_task(
+    DROP_LAYERS, (1, 2), loss="mean_squared_error", dropout_from_hyper=True
+)
+DROP_CFG = loop.TrainConfig(epochs=2, batch_size=10, optimizer="momentum")
+DROP_RATES = [0.0, 0.3, 0.6]
+
+
+@pytest.fixture(scope="module")
+def dropout_sweep():
+    base = loop.Hyper(learning_rate=0.1)
+    members = sweep.grid_members(2, {"dropout_rate": DROP_RATES}, base=base)
+    return members, sweep.sweep(DROP_TASK, DROP_CFG, DATA, members, devices=None)
+
+
+def test_dropout_rate_sweep_equals_each_rate_alone(dropout_sweep):
+    """Traced, vmapped dropout rates: every member equals its own single run bit for bit."""
+    members, res = dropout_sweep
+    assert [r["dropout_rate"] for r in res.rows] == pytest.approx([0, 0, 0.3, 0.3, 0.6, 0.6])
+    for i, m in enumerate(members):
+        key = jax.random.fold_in(jax.random.key(0), m.seed)
+        single = loop.train(DROP_TASK, DROP_CFG, DATA, m.hyper, key=key)
+        for u, v in zip(
+            jax.tree.leaves((res.params, res.history)),
+            jax.tree.leaves((single.params, single.history)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(np.asarray(u)[i], np.asarray(v))
+    # The rate is used: same seed, different rates, different parameters.
+    k = res.params["layer_0"]["kernel"]
+    assert not np.allclose(k[0], k[2]) and not np.allclose(k[2], k[4])
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_traced_dropout_rate_equals_the_static_rate(dropout_sweep, rate):
+    """Rate 0 is no dropout (a static Dropout(0.0) is inactive); 0.3 equals Dropout(0.3)."""
+    members, res = dropout_sweep
+    layers = (*DROP_LAYERS[:2], Dropout(rate), DROP_LAYERS[3])
+    static = tasks.layer_task(layers, (1, 2), loss="mean_squared_error")
+    i = next(j for j, m in enumerate(members) if m.hyper.dropout_rate == rate and m.seed == 1)
+    hp = members[i].hyper._replace(dropout_rate=0.0)
+    key = jax.random.fold_in(jax.random.key(0), 1)
+    ref = loop.train(static, DROP_CFG, DATA, hp, key=key)
+    for u, v in zip(jax.tree.leaves(res.params), jax.tree.leaves(ref.params), strict=True):
+        np.testing.assert_allclose(np.asarray(u)[i], np.asarray(v), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_sequential_strategy_agrees_with_vmap():
     members = sweep.grid_members(2, {"learning_rate": [0.1]})
@@ -118,8 +168,45 @@ def test_sequential_strategy_agrees_with_vmap():
             lambda: sweep.sweep(TASK, CFG, DATA, sweep.grid_members(1), strategy="pmap"),
             "strategy must be one of",
         ),
+        (
+            lambda: sweep.sweep(
+                DROP_TASK, CFG, DATA, sweep.grid_members(1, {"dropout_rate": [0.2, 1.0]})
+            ),
+            r"dropout_rate must be in \[0, 1\)",
+        ),
+        (
+            lambda: sweep.sweep(
+                DROP_TASK, CFG, DATA, sweep.grid_members(1, {"dropout_rate": [-0.1]})
+            ),
+            r"dropout_rate must be in \[0, 1\)",
+        ),
+        (
+            lambda: sweep.sweep(TASK, CFG, DATA, sweep.grid_members(1, {"dropout_rate": [0.2]})),
+            "ignores Hyper.dropout_rate",
+        ),
+        (
+            lambda: loop.train(TASK, CFG, DATA, loop.Hyper(dropout_rate=0.5)),
+            "ignores Hyper.dropout_rate",
+        ),
+        (
+            lambda: tasks.layer_task((Dense(2),), (1, 2), dropout_from_hyper=True),
+            "needs at least one Dropout layer",
+        ),
     ],
-    ids=["empty-values", "unknown-field", "no-seeds", "no-members", "bad-lr", "shapes", "strategy"],
+    ids=[
+        "empty-values",
+        "unknown-field",
+        "no-seeds",
+        "no-members",
+        "bad-lr",
+        "shapes",
+        "strategy",
+        "dropout-1",
+        "dropout-negative",
+        "dropout-ignored-sweep",
+        "dropout-ignored-train",
+        "dropout-no-layer",
+    ],
 )
 def test_bad_input_is_a_value_error(call, match):
     with pytest.raises(ValueError, match=match):
@@ -182,3 +269,110 @@ def test_sequential_members_reuse_the_compiled_step():
     other = dataclasses.replace(TASK, apply=apply)
     sweep.sweep(other, cfg, DATA, members[:1], strategy="sequential")
     assert len(traces) == 2 * traced_once
+
+
+# ----------------------------------------------------------------------------- group_stats
+
+
+def _manual(values, ddof):
+    """Reference mean / std / count of the finite values by the statistics module."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    mean = statistics.fmean(finite) if finite else math.nan
+    if len(finite) > ddof:
+        var = sum((v - mean) ** 2 for v in finite) / (len(finite) - ddof)
+        std = math.sqrt(var)
+    else:
+        std = math.nan
+    return mean, std, len(finite)
+
+
+def _rows():
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (lr, l2, seed) in enumerate(itertools.product([0.1, 0.3], [0.0, 0.01], range(4))):
+        v = float(rng.normal(lr * 10 + l2 * 100, 1.0))
+        if i in (5, 6, 7):
+            v = [math.nan, math.inf][i % 2]  # lr 0.1, l2 0.01: one finite value left
+        rows.append({"learning_rate": lr, "l2": l2, "seed": seed, "data": "a", "metric": v})
+    return rows
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+@pytest.mark.parametrize("by", [("learning_rate", "l2"), ("learning_rate",), ("seed",), ()])
+def test_group_stats_of_a_scalar_match_manual_grouping(by, ddof):
+    rows = _rows()
+    gs = sweep.group_stats(rows, by, "metric", ddof=ddof)
+    expected_keys = list(dict.fromkeys(tuple(r[c] for c in by) for r in rows))
+    assert gs.keys == expected_keys and gs.by == by
+    for g, key in enumerate(gs.keys):
+        vals = [r["metric"] for r in rows if tuple(r[c] for c in by) == key]
+        mean, std, n = _manual(vals, ddof)
+        np.testing.assert_allclose(gs.mean[g], mean, rtol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(gs.std[g], std, rtol=1e-12, equal_nan=True)
+        assert gs.count[g] == n and gs.size[g] == len(vals)
+    if by == ("learning_rate", "l2"):
+        g = gs.keys.index((0.1, 0.01))
+        assert gs.count[g] == 1 and (np.isnan(gs.std[g]) == (ddof == 1))
+        assert gs.rows()[g]["size"] == 4 and gs.label(g) == "learning_rate=0.1, l2=0.01"
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_group_stats_of_history_curves_are_nan_aware(with_divergent, ddof):
+    """Per epoch over seeds and l2; diverged members (NaN after their stop) drop out."""
+    members, res = with_divergent
+    gs = sweep.group_stats(res, "learning_rate", "val_loss", ddof=ddof)
+    lrs = [m.hyper.learning_rate for m in members]
+    assert [k[0] for k in gs.keys] == pytest.approx([0.05, 30.0, 0.2])
+    assert gs.mean.shape == (3, CFG.epochs)
+    for g, (lr,) in enumerate(gs.keys):
+        curves = res.history["val_loss"][[i for i, v in enumerate(lrs) if v == lr]]
+        for e in range(CFG.epochs):
+            mean, std, n = _manual(curves[:, e], ddof)
+            np.testing.assert_allclose(gs.mean[g, e], mean, rtol=1e-12, equal_nan=True)
+            np.testing.assert_allclose(gs.std[g, e], std, rtol=1e-12, equal_nan=True)
+            assert gs.count[g, e] == n
+    diverged = gs.keys.index((30.0,))
+    assert gs.count[diverged, -1] < 4  # frozen members stopped early
+    assert np.all(gs.count[[0, 2]] == 4)
+    # Scalar columns of the same result: the final validation loss per rate.
+    final = sweep.group_stats(res, ["learning_rate", "l2"], "final_val_loss")
+    assert len(final.keys) == 6 and np.all(final.size == 2)
+
+
+def test_curves_with_bands_draws_group_stats(with_divergent):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mljax.train import figures
+
+    _, res = with_divergent
+    gs = sweep.group_stats(res, "learning_rate", "val_loss")
+    fig, ax = plt.subplots()
+    lines = figures.curves_with_bands(ax, gs)
+    assert [ln.get_label() for ln in lines] == [
+        "learning_rate=0.05",
+        "learning_rate=30",
+        "learning_rate=0.2",
+    ]
+    for g, ln in enumerate(lines):
+        np.testing.assert_array_equal(ln.get_ydata(), gs.mean[g])
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        (([], "seed", "metric"), {}, "no rows"),
+        ((_rows(), "momentum", "metric"), {}, "unknown column"),
+        ((_rows(), "seed", "accuracy"), {}, "unknown metric"),
+        ((_rows(), "seed", "data"), {}, "must be numeric"),
+        ((_rows(), "seed", "metric"), {"ddof": -1}, "ddof must be"),
+        (([{"a": 1, "m": [1.0, 2.0]}, {"a": 1, "m": [1.0]}], "a", "m"), {}, "must be numeric"),
+    ],
+    ids=["empty", "column", "metric", "string-metric", "ddof", "ragged-curves"],
+)
+def test_group_stats_bad_input(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sweep.group_stats(*args, **kwargs)
