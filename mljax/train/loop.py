@@ -776,8 +776,13 @@ def _python_jits(task: Task, cfg: TrainConfig, data: Data):
         )
 
     @jax.jit
-    def step_fn(ls: LoopState, x, y, idx, mask, hp, key):
+    def step_fn(ls: LoopState, x, y, batches, hp, key):
+        # The batch is picked inside the jit by the carried counter ls.batch: slicing the
+        # epoch's index array eagerly on the host would wait for the previous step each time
+        # and serialise Python dispatch with the computation.
         _, _, k_drop = split_keys(key)
+        idx = lax.dynamic_index_in_dim(batches.indices, ls.batch, keepdims=False)
+        mask = lax.dynamic_index_in_dim(batches.mask, ls.batch, keepdims=False)
         ts, loss = step(ls.train, (x[idx], y[idx], mask), hp, k_drop)
         return ls._replace(train=ts, batch=ls.batch + 1, loss_sum=ls.loss_sum + loss)
 
@@ -833,8 +838,8 @@ def train_python(
     try:
         while int(ls.epoch) < cfg.epochs and not bool(ls.stopped):
             batches = perm_fn(key, ls.epoch)
-            for b in range(int(ls.batch), spe):
-                ls = step_fn(ls, x, y, batches.indices[b], batches.mask[b], hp, key)
+            for _ in range(int(ls.batch), spe):  # ls.batch counts inside the jit
+                ls = step_fn(ls, x, y, batches, hp, key)
                 bar.update(1)
                 if checkpointer is not None:
                     checkpointer.maybe_save(ls, int(ls.train.step))
