@@ -230,6 +230,11 @@ CONV_VJP_CASES = [
 ]
 
 
+def test_conv_vjp_cases_cover_both_kernel_gradient_paths():
+    widths = [case[5][0] * case[5][1] * case[3] for case in CONV_VJP_CASES]
+    assert min(widths) <= layers_lib.IM2COL_MAX_PATCH < max(widths)
+
+
 @pytest.mark.parametrize("case", CONV_VJP_CASES, ids=str)
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_conv_custom_vjp_matches_lax_grad(case, jit):
