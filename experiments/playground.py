@@ -456,9 +456,8 @@ def _figures(run_dir, all_cells, rows, boundary_params, splits, metrics, compari
         ]
         gs = sweep.group_stats(shown, "cell", "val_loss")
         names = [all_cells[k[0]].name for k in gs.keys]
-        figures.curves_with_bands(
-            axc, gs, ylabel="test loss (mean ± std over seeds)", log=True, labels=names
-        )
+        ylabel = "test loss (mean ± std over seeds)" if d == toy.PLAYGROUND_DATASETS[0] else ""
+        figures.curves_with_bands(axc, gs, ylabel=ylabel, log=True, labels=names)
         axc.set_title(d)
     save_figure(fig, run_dir.file("decision_boundaries.png"))
     save_figure(fig_c, run_dir.file("loss_curves.png"))
@@ -500,14 +499,17 @@ def _figures(run_dir, all_cells, rows, boundary_params, splits, metrics, compari
                         yerr=[[med - min(lo, med)], [max(hi, med) - med]],
                     )
                 never = 1.0 - entry["reached_fraction"]
-                if never > 0:
+                if never > 0:  # above the bar, or at the foot of the axes if there is none
                     ax_a.text(
                         xpos,
-                        1 if not np.isfinite(med) else med,
+                        med if np.isfinite(med) else 0.02,
                         f"{never:.0%}\nnever",
                         ha="center",
                         va="bottom",
                         fontsize=6,
+                        transform=ax_a.transData
+                        if np.isfinite(med)
+                        else ax_a.get_xaxis_transform(),
                     )
         for j, a in enumerate(ACTIVATIONS):
             ax_a.bar(np.nan, np.nan, color=f"C{j}", label=a)  # legend entries
