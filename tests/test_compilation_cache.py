@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
-import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from mljax.config import enable_compilation_cache
@@ -50,18 +55,41 @@ def test_a_folder_the_user_chose_is_kept(no_cache_dir, monkeypatch, tmp_path):
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
 
 
-def test_cached_program_gives_the_same_answer(no_cache_dir, monkeypatch, tmp_path):
-    monkeypatch.setenv("MLJAX_COMPILATION_CACHE", str(tmp_path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    enable_compilation_cache()
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    x = jnp.arange(12.0).reshape(3, 4)
+def test_cached_program_gives_the_same_answer(tmp_path):
+    # JAX sets its persistent cache up once per process (conftest already did, for the
+    # suite's own folder), so the round trip runs in a fresh interpreter.
+    script = textwrap.dedent(
+        """
+        import sys
+        import jax
+        import jax.numpy as jnp
+        from mljax.config import enable_compilation_cache
 
-    def f(a):
-        return jnp.tanh(a @ a.T).sum()
+        enable_compilation_cache()
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        x = jnp.arange(12.0).reshape(3, 4)
 
-    first = jax.jit(f)(x)
-    assert any(tmp_path.iterdir()), "the compiled program was not written to the cache"
-    jax.clear_caches()  # the second call must read the program back from disk
-    assert jax.jit(f)(x) == first
-    assert float(first) == pytest.approx(float(jnp.tanh(x @ x.T).sum()), rel=1e-6)
+        def f(a):
+            return jnp.tanh(a @ a.T).sum()
+
+        first = jax.jit(f)(x)
+        written = any(__import__("pathlib").Path(sys.argv[1]).iterdir())
+        jax.clear_caches()  # the second call reads the program back from disk
+        second = jax.jit(f)(x)
+        print(written, repr(float(first)), repr(float(second)))
+        """
+    )
+    env = dict(os.environ, MLJAX_COMPILATION_CACHE=str(tmp_path), JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout.split()
+    assert out[0] == "True", "the compiled program was not written to the cache"
+    first, second = float(out[1]), float(out[2])
+    assert second == first
+    x = np.arange(12.0).reshape(3, 4)
+    assert first == pytest.approx(float(np.tanh(x @ x.T).sum()), rel=1e-6)

@@ -24,9 +24,13 @@ float32). ``diag`` keeps the diagonal of ``Sigma_k``, ``spherical`` its mean, ``
 component cannot divide by zero. ``min_variance`` (the seed's ``minVary``) then floors every
 diagonal variance.
 
-Both steps run over fixed-size chunks of the data (zero-padded, the padding masked by a zero
-weight) inside ``lax.scan``, so memory is ``O(chunk × k × d)`` whatever ``n``. Data are centred
-on their mean before fitting, which keeps the matmul form of the E-step accurate in float32.
+In :func:`fit` both steps run over fixed-size chunks of the data read in place
+(``lax.dynamic_slice``; the last chunk is shifted back to end at row ``n`` and its rows already
+seen are masked by a zero weight), so neither a padded nor a centred copy of ``x`` is made and
+the working memory is ``O(chunk × k × d)`` whatever ``n``: no ``[n, k]`` responsibilities are
+kept between the passes (the covariance pass recomputes each chunk's responsibilities from the
+E-step parameters), and the worst-explained points are a running top-k. Each chunk is centred on
+the data mean as it is read, which keeps the matmul form of the E-step accurate in float32.
 
 Degeneracy: a component whose weight falls below machine epsilon, or whose covariance is not
 numerically positive definite (non-finite Cholesky factor), is re-seeded at the worst-explained
@@ -58,6 +62,7 @@ import numpy as np
 from jax import lax
 
 from mljax.cluster import kmeans
+from mljax.cluster._chunks import fold_chunks
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 INITS = ("kmeans", "k-means++", "random", "random_from_data", "rand_const")
@@ -171,7 +176,11 @@ def _auto_chunk(n: int, k: int, d: int) -> int:
 
 
 def _chunked(x, w, chunk_size: int):
-    """Pads ``x [n, d]``, ``w [n]`` to whole chunks ``[m, c, d]``, ``[m, c]`` (pad weight 0)."""
+    """Pads ``x [n, d]``, ``w [n]`` to whole chunks ``[m, c, d]``, ``[m, c]`` (pad weight 0).
+
+    Used only by the public kernels whose output is ``[n, k]`` anyway (``e_step``,
+    ``score_samples``, ...); :func:`fit` reads ``x`` in place with :func:`mljax.cluster._chunks.fold_chunks`.
+    """
     n, d = x.shape
     c = min(chunk_size, n)
     m = -(-n // c)
@@ -277,87 +286,106 @@ class _EStats(NamedTuple):
     sx: jax.Array  # [k, d] sum_n w_n r_nk x_n
 
 
-def _e_pass(xs, ws, params: GMMParams, covariance_type: str, *, n_worst: int = 0):
-    """One pass over the chunks: responsibilities, first-order statistics, worst points.
+def _resp(xc, wc, prep: _Prepared, covariance_type: str):
+    """Weighted responsibilities ``w_n r_nk`` ``[c, k]``, ``log p(x_n)`` and its finiteness."""
+    k = prep.const.shape[0]
+    lp = _weighted_log_prob(xc, prep, covariance_type)
+    lse = _logsumexp(lp)
+    finite = jnp.isfinite(lse)
+    log_resp = jnp.where(finite[:, None], lp - lse[:, None], -math.log(k))
+    return jnp.exp(log_resp) * wc[:, None], lse, finite
+
+
+def _e_pass(x, w, c0, params: GMMParams, covariance_type: str, c: int, *, n_worst: int = 0):
+    """One pass over the chunks: log-likelihood, first-order statistics, worst points.
 
     Args:
-        xs: ``[m, c, d]`` chunked (centred) data; ws: ``[m, c]`` weights (0 on padding).
-        params: current parameters (means centred like ``xs``).
+        x: ``[n, d]`` data (read in place, chunk by chunk); w: ``[n]`` weights.
+        c0: ``[d]`` centre subtracted from every chunk (``params`` means are centred on it).
+        params: current parameters.
         covariance_type: static.
-        n_worst: how many worst-explained points to return (0: none).
+        c: rows per chunk (static, ``<= n``).
+        n_worst: how many worst-explained points to return (0: none), kept as a running
+            top-k in the carry (no per-point output).
 
     Returns:
-        ``(stats, log_resp [m, c, k], log_px [m, c], worst_points [n_worst, d])``.
+        ``(stats, worst_points [n_worst, d] or None)`` with ``worst_points`` centred.
     """
     prep = _prepare(params, covariance_type)
-    k = params.means.shape[0]
-    d = xs.shape[-1]
-    c = xs.shape[1]
+    k, d = params.means.shape
+    dtype = x.dtype
     per_chunk = min(n_worst, c)
 
-    def body(carry, inp):
-        x, w = inp
-        lp = _weighted_log_prob(x, prep, covariance_type)
-        lse = _logsumexp(lp)
-        finite = jnp.isfinite(lse)
-        log_resp = jnp.where(finite[:, None], lp - lse[:, None], -math.log(k))
-        rw = jnp.exp(log_resp) * w[:, None]
-        stats = _EStats(
-            carry.ll_sum + jnp.sum(jnp.where(w > 0, w * lse, 0.0)),
-            carry.nk + jnp.sum(rw, axis=0),
-            carry.sx + rw.T @ x,
+    def body(carry, xc, wc, start):
+        st, worst = carry
+        rw, lse, finite = _resp(xc, wc, prep, covariance_type)
+        st = _EStats(
+            st.ll_sum + jnp.sum(jnp.where(wc > 0, wc * lse, 0.0)),
+            st.nk + jnp.sum(rw, axis=0),
+            st.sx + rw.T @ xc,
         )
         if per_chunk:
-            score = jnp.where(w > 0, jnp.where(finite, lse, -jnp.inf), jnp.inf)
+            score = jnp.where(wc > 0, jnp.where(finite, lse, -jnp.inf), jnp.inf)
             vals, idx = lax.top_k(-score, per_chunk)
-            worst = (vals, x[idx])
-        else:
-            worst = None
-        return stats, (log_resp, lse, worst)
+            all_vals = jnp.concatenate([worst[0], vals])
+            all_pts = jnp.concatenate([worst[1], xc[idx]])
+            top, pos = lax.top_k(all_vals, n_worst)
+            worst = (top, all_pts[pos])
+        return st, worst
 
-    zero = _EStats(jnp.zeros((), xs.dtype), jnp.zeros((k,), xs.dtype), jnp.zeros((k, d), xs.dtype))
-    stats, (log_resp, lse, worst) = lax.scan(body, zero, (xs, ws))
-    worst_points = None
-    if per_chunk:
-        vals, pts = worst
-        _, idx = lax.top_k(vals.reshape(-1), n_worst)
-        worst_points = pts.reshape(-1, d)[idx]
-    return stats, log_resp, lse, worst_points
+    zero = _EStats(jnp.zeros((), dtype), jnp.zeros((k,), dtype), jnp.zeros((k, d), dtype))
+    worst0 = (
+        (jnp.full((n_worst,), -jnp.inf, dtype), jnp.zeros((n_worst, d), dtype))
+        if per_chunk
+        else None
+    )
+    stats, worst = fold_chunks(x, w, c0, c, body, (zero, worst0))
+    return stats, (worst[1] if per_chunk else None)
 
 
-def _cov_pass(xs, ws, log_resp, means, covariance_type: str):
+def _first_order_pass(x, w, c0, c: int, rw_fn, k: int):
+    """``nk [k]`` and ``sx [k, d]`` from responsibilities ``rw_fn(xc, wc, start) -> [c, k]``."""
+    d = x.shape[1]
+    dtype = x.dtype
+
+    def body(st, xc, wc, start):
+        rw = rw_fn(xc, wc, start)
+        return _EStats(st.ll_sum, st.nk + jnp.sum(rw, axis=0), st.sx + rw.T @ xc)
+
+    zero = _EStats(jnp.zeros((), dtype), jnp.zeros((k,), dtype), jnp.zeros((k, d), dtype))
+    return fold_chunks(x, w, c0, c, body, zero)
+
+
+def _cov_pass(x, w, c0, c: int, rw_fn, means, covariance_type: str):
     """Second-order statistics around ``means``: ``sum_n w_n r_nk (x_n - mu_k)(...)``.
 
+    The responsibilities of each chunk come from ``rw_fn(xc, wc, start) -> [c, k]`` (in EM:
+    recomputed from the E-step parameters, so no ``[n, k]`` array is kept between passes).
     Returns ``[k, d, d]`` (full / tied) or ``[k, d]`` (diag / spherical), unnormalised.
     """
     k, d = means.shape
 
-    def body(acc, inp):
-        x, w, lr = inp
-        rw = jnp.exp(lr) * w[:, None]  # [c, k]
+    def body(acc, xc, wc, start):
+        rw = rw_fn(xc, wc, start)  # [c, k]
         if covariance_type in ("full", "tied"):
             # sum_n r_nk (x_n - mu_k)(x_n - mu_k)ᵀ = sum_n r_nk (x_n - mu_k) x_nᵀ - e_k mu_kᵀ
             # with e_k = sum_n r_nk (x_n - mu_k) (zero in exact arithmetic; subtracting the
             # computed one compensates its rounding). One [k*d, c] x [c, d] matmul instead of
             # k batched [d, c] x [c, d] ones; every difference is still taken from mu_k.
-            u = rw[:, :, None] * (x[:, None, :] - means[None])  # [c, k, d]
+            u = rw[:, :, None] * (xc[:, None, :] - means[None])  # [c, k, d]
             e = jnp.sum(u, axis=0)  # [k, d]
-            s = (u.reshape(-1, k * d).T @ x).reshape(k, d, d)
-            acc = acc + s - e[:, :, None] * means[:, None, :]
-        else:
-            diff = x[:, None, :] - means[None]  # [c, k, d]
-            if k <= 32:
-                # [k, c] x [c, k*d] matmul, keeping the diagonal blocks: k times the flops of
-                # the batched reduction but ran ~1.7x faster on XLA:CPU for k = 16.
-                blocks = (rw.T @ (diff * diff).reshape(-1, k * d)).reshape(k, k, d)
-                acc = acc + jnp.diagonal(blocks, axis1=0, axis2=1).T
-            else:
-                acc = acc + jnp.einsum("ck,ckd->kd", rw, diff * diff)
-        return acc, None
+            s = (u.reshape(-1, k * d).T @ xc).reshape(k, d, d)
+            return acc + s - e[:, :, None] * means[:, None, :]
+        diff = xc[:, None, :] - means[None]  # [c, k, d]
+        if k <= 32:
+            # [k, c] x [c, k*d] matmul, keeping the diagonal blocks: k times the flops of
+            # the batched reduction but ran ~1.7x faster on XLA:CPU for k = 16.
+            blocks = (rw.T @ (diff * diff).reshape(-1, k * d)).reshape(k, k, d)
+            return acc + jnp.diagonal(blocks, axis1=0, axis2=1).T
+        return acc + jnp.einsum("ck,ckd->kd", rw, diff * diff)
 
     shape = (k, d, d) if covariance_type in ("full", "tied") else (k, d)
-    acc, _ = lax.scan(body, jnp.zeros(shape, xs.dtype), (xs, ws, log_resp))
-    return acc
+    return fold_chunks(x, w, c0, c, body, jnp.zeros(shape, x.dtype))
 
 
 def _finish_m_step(stats: _EStats, acc, covariance_type, reg_covar, min_variance):
@@ -517,10 +545,11 @@ def e_step(x, params: GMMParams, *, covariance_type=None, sample_weight=None, ch
     k = params.means.shape[0]
     w = _check_weights(sample_weight, n, x.dtype)
     chunk = _check_chunk(chunk_size, n, k, d)
-    c0 = _center_of(params)
-    xs, ws = _chunked(x - c0[None], w, chunk)
-    stats, log_resp, _, _ = _e_pass(xs, ws, _shift(params, c0), covariance_type)
-    return stats.ll_sum / jnp.sum(w), log_resp.reshape(-1, k)[:n]
+    lp = _log_prob_full(x, params, covariance_type, chunk)
+    lse = _logsumexp(lp)
+    finite = jnp.isfinite(lse)
+    log_resp = jnp.where(finite[:, None], lp - lse[:, None], -math.log(k))
+    return jnp.sum(jnp.where(w > 0, w * lse, 0.0)) / jnp.sum(w), log_resp
 
 
 def m_step(
@@ -558,14 +587,14 @@ def m_step(
     chunk = _check_chunk(chunk_size, n, k, d)
     # Centre on the weighted data mean (exact shift, keeps float32 sums small).
     c0 = lax.stop_gradient(w @ x / jnp.sum(w))
-    xs, ws = _chunked(x - c0[None], w, chunk)
-    lrs = _chunked(log_resp, w, chunk)[0]
-    rw = jnp.exp(lrs) * ws[..., None]
-    stats = _EStats(
-        jnp.zeros((), x.dtype), jnp.sum(rw, axis=(0, 1)), jnp.einsum("mck,mcd->kd", rw, xs)
-    )
+    c = min(chunk, n)
+
+    def rw_fn(xc, wc, start):
+        return jnp.exp(lax.dynamic_slice_in_dim(log_resp, start, c, axis=0)) * wc[:, None]
+
+    stats = _first_order_pass(x, w, c0, c, rw_fn, k)
     nk = stats.nk + 10 * jnp.finfo(x.dtype).eps
-    acc = _cov_pass(xs, ws, lrs, stats.sx / nk[:, None], covariance_type)
+    acc = _cov_pass(x, w, c0, c, rw_fn, stats.sx / nk[:, None], covariance_type)
     params = _finish_m_step(stats, acc, covariance_type, reg_covar, min_variance)
     return params._replace(means=params.means + c0[None])
 
@@ -663,11 +692,14 @@ def aic(x, params: GMMParams, *, covariance_type=None, chunk_size=None):
 # ----------------------------------------------------------------------------- fitting
 
 
-def _data_variances(xs, ws):
-    """Per-feature weighted variance ``[d]`` of centred chunked data."""
-    wsum = jnp.sum(ws)
-    mean = jnp.einsum("mc,mcd->d", ws, xs) / wsum
-    return jnp.einsum("mc,mcd->d", ws, (xs - mean[None, None]) ** 2) / wsum
+def _data_variances(x, w, c0, c):
+    """Per-feature weighted variance ``[d]`` of ``x`` around its weighted mean ``c0``."""
+    d = x.shape[1]
+
+    def body(acc, xc, wc, start):
+        return acc + wc @ (xc * xc)
+
+    return fold_chunks(x, w, c0, c, body, jnp.zeros((d,), x.dtype)) / jnp.sum(w)
 
 
 def _reset_covariance(var, covariance_type, k, reg_covar, min_variance):
@@ -684,35 +716,40 @@ def _reset_covariance(var, covariance_type, k, reg_covar, min_variance):
     return _floor_variance(cov, covariance_type, min_variance)
 
 
-def _init_params(key, xs, ws, x_flat, w_flat, k, covariance_type, init, hyper):
-    """Starting parameters on centred data (see the module docstring for each ``init``)."""
+def _init_params(key, x, w, c0, c, k, covariance_type, init, hyper):
+    """Starting parameters, centred on ``c0`` (see the module docstring for each ``init``)."""
     reg_covar, min_variance, rand_const = hyper
-    n, d = x_flat.shape
-    dtype = xs.dtype
+    n, d = x.shape
+    dtype = x.dtype
     if init in ("kmeans", "random"):
         if init == "kmeans":
-            labels = kmeans.fit(key, x_flat, k, n_init=1, sample_weight=w_flat).labels
-            resp = jax.nn.one_hot(labels, k, dtype=dtype)
+            labels = kmeans.fit(key, x, k, n_init=1, sample_weight=w).labels  # [n] int32
+
+            def rw_fn(xc, wc, start):
+                lab = lax.dynamic_slice_in_dim(labels, start, c)
+                return jax.nn.one_hot(lab, k, dtype=dtype) * wc[:, None]
         else:
+            # [n, k] uniform draws (an initialisation-only array; the same stream as before
+            # the chunked passes, so a given key gives the same start).
             u = jax.random.uniform(key, (n, k), dtype)
-            resp = u / jnp.sum(u, axis=1, keepdims=True)
-        lrs = _chunked(jnp.log(resp), w_flat, xs.shape[1])[0]
-        rw = jnp.exp(lrs) * ws[..., None]
-        stats = _EStats(
-            jnp.zeros((), dtype), jnp.sum(rw, axis=(0, 1)), jnp.einsum("mck,mcd->kd", rw, xs)
-        )
+
+            def rw_fn(xc, wc, start):
+                uc = lax.dynamic_slice_in_dim(u, start, c, axis=0)
+                return uc / jnp.sum(uc, axis=1, keepdims=True) * wc[:, None]
+
+        stats = _first_order_pass(x, w, c0, c, rw_fn, k)
         nk = stats.nk + 10 * jnp.finfo(dtype).eps
-        acc = _cov_pass(xs, ws, lrs, stats.sx / nk[:, None], covariance_type)
+        acc = _cov_pass(x, w, c0, c, rw_fn, stats.sx / nk[:, None], covariance_type)
         return _finish_m_step(stats, acc, covariance_type, reg_covar, min_variance)
     if init in ("k-means++", "random_from_data"):
         if init == "k-means++":
-            means = kmeans.kmeans_plusplus(key, x_flat, k, sample_weight=w_flat)
+            means = kmeans.kmeans_plusplus(key, x, k, sample_weight=w) - c0[None]
         else:
-            idx = jax.random.choice(key, n, (k,), replace=False, p=w_flat / jnp.sum(w_flat))
-            means = x_flat[idx]
+            idx = jax.random.choice(key, n, (k,), replace=False, p=w / jnp.sum(w))
+            means = x[idx] - c0[None]
         # One point per component (scikit-learn's one-hot responsibilities): the covariance is
         # the regulariser alone (kept positive if reg_covar = 0).
-        var = _data_variances(xs, ws)
+        var = _data_variances(x, w, c0, c)
         floor = jnp.finfo(dtype).eps * (1.0 + jnp.mean(var))
         cov = _const_cov(jnp.maximum(reg_covar, floor), covariance_type, k, d, dtype)
         cov = _floor_variance(cov, covariance_type, min_variance)
@@ -720,7 +757,7 @@ def _init_params(key, xs, ws, x_flat, w_flat, k, covariance_type, init, hyper):
         return GMMParams(weights, means, cov, compute_precision_cholesky(cov, covariance_type))
     # "rand_const": the seed's mogEM.py initialisation.
     kw, km = jax.random.split(key)
-    var = _data_variances(xs, ws)
+    var = _data_variances(x, w, c0, c)
     weights = rand_const + jax.random.uniform(kw, (k,), dtype)
     weights = weights / jnp.sum(weights)
     means = jax.random.normal(km, (k, d), dtype) * (jnp.sqrt(var) / rand_const)[None]
@@ -747,11 +784,13 @@ class _EMState(NamedTuple):
     n_reseeded: jax.Array
 
 
-def _em(params0, xs, ws, tol, hyper, reset_cov, *, covariance_type, max_iter):
-    """EM iterations in a ``lax.while_loop`` on chunked, centred data."""
+def _em(params0, x, w, c0, tol, hyper, reset_cov, *, covariance_type, max_iter, c):
+    """EM iterations in a ``lax.while_loop``; ``x`` read in place in chunks of ``c`` rows,
+    centred on ``c0`` chunk by chunk (``params0`` is centred on ``c0``)."""
     reg_covar, min_variance, _ = hyper
     k = params0.means.shape[0]
-    dtype = xs.dtype
+    dtype = x.dtype
+    wsum = jnp.sum(w)
     eps = jnp.finfo(dtype).eps
     reset_prec = compute_precision_cholesky(reset_cov, covariance_type)
 
@@ -759,10 +798,15 @@ def _em(params0, xs, ws, tol, hyper, reset_cov, *, covariance_type, max_iter):
         return (s.n_iter < max_iter) & ~s.converged
 
     def body(s: _EMState):
-        stats, log_resp, _, worst = _e_pass(xs, ws, s.params, covariance_type, n_worst=k)
-        ll = stats.ll_sum / jnp.sum(ws)
+        stats, worst = _e_pass(x, w, c0, s.params, covariance_type, c, n_worst=k)
+        ll = stats.ll_sum / wsum
         nk = stats.nk + 10 * eps
-        acc = _cov_pass(xs, ws, log_resp, stats.sx / nk[:, None], covariance_type)
+        prep = _prepare(s.params, covariance_type)
+
+        def rw_fn(xc, wc, start):  # the E-step's responsibilities, recomputed per chunk
+            return _resp(xc, wc, prep, covariance_type)[0]
+
+        acc = _cov_pass(x, w, c0, c, rw_fn, stats.sx / nk[:, None], covariance_type)
         new = _finish_m_step(stats, acc, covariance_type, reg_covar, min_variance)
         # Collapse: weight ~ 0, or a covariance that is not numerically positive definite.
         p = new.precisions_cholesky
@@ -815,24 +859,24 @@ def _fit_impl(
     key, x, w, tol, reg_covar, min_variance, rand_const, init_params, *,
     k, covariance_type, init, n_init, max_iter, chunk_size,
 ):  # fmt: skip
+    n = x.shape[0]
+    c = min(chunk_size, n)
     c0 = w @ x / jnp.sum(w)
-    xc = x - c0[None]
-    xs, ws = _chunked(xc, w, chunk_size)
     hyper = (reg_covar, min_variance, rand_const)
-    var = _data_variances(xs, ws)
+    var = _data_variances(x, w, c0, c)
     reset_cov = _reset_covariance(var, covariance_type, k, reg_covar, min_variance)
 
     def one(key):
         if init == "params":
             params0 = _shift(init_params, c0)
         else:
-            params0 = _init_params(key, xs, ws, xc, w, k, covariance_type, init, hyper)
+            params0 = _init_params(key, x, w, c0, c, k, covariance_type, init, hyper)
         s = _em(
-            params0, xs, ws, tol, hyper, reset_cov,
-            covariance_type=covariance_type, max_iter=max_iter,
+            params0, x, w, c0, tol, hyper, reset_cov,
+            covariance_type=covariance_type, max_iter=max_iter, c=c,
         )  # fmt: skip
-        stats, _, _, _ = _e_pass(xs, ws, s.params, covariance_type)
-        ll = stats.ll_sum / jnp.sum(ws)
+        stats, _ = _e_pass(x, w, c0, s.params, covariance_type, c)
+        ll = stats.ll_sum / jnp.sum(w)
         return GMMResult(s.params, ll, s.trace, s.n_iter, s.converged, s.n_reseeded)
 
     if n_init == 1:

@@ -8,11 +8,13 @@ by alternating an assignment step ``z_i = argmin_j ||x_i - c_j||²`` and an upda
 ``c_j = sum_{i: z_i = j} w_i x_i / sum_{i: z_i = j} w_i``. Each step cannot increase ``J``.
 
 Distances use ``||x||² - 2 x·c + ||c||²`` so the work is one matmul, computed over fixed-size
-chunks of the data (zero-padded, padding masked out by a zero weight) so memory stays
-``O(chunk × k)`` rather than ``O(n × k × d)``; the default chunk holds ``2**22`` distances.
-Cluster sums are a scatter-add for narrow rows and a one-hot matmul for wide ones (whichever
-measured faster on CPU). Data are centred on their mean before the
-iterations (as scikit-learn does), which keeps the expanded distance accurate in float32.
+chunks of the data read in place (``lax.dynamic_slice``; the last chunk is shifted back to end
+at row ``n`` and its already-seen rows masked, see :mod:`mljax.cluster._chunks`), so memory
+stays ``O(chunk × k)`` plus ``O(n)`` labels, rather than ``O(n × k × d)``, and no padded or
+centred copy of ``x`` is made; the default chunk holds ``2**22`` distances. Cluster sums are a
+scatter-add for narrow rows and a one-hot matmul for wide ones (whichever measured faster on
+CPU). Each chunk is centred on the data mean as it is read (scikit-learn centres a copy),
+which keeps the expanded distance accurate in float32.
 
 Stopping follows scikit-learn's Lloyd: stop when the labels no longer change ("strict"
 convergence) or when the total squared centre shift ``sum_j ||c_j^new - c_j^old||²`` is at
@@ -36,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from mljax.cluster._chunks import fold_chunks, put_rows
 
 INITS = ("k-means++", "random")
 CHUNK_ELEMENTS = 1 << 22
@@ -146,17 +150,6 @@ def _validate(x, k, init, n_init, max_iter, tol, sample_weight):
 # ----------------------------------------------------------------------------- distances
 
 
-def _chunked(x, w, chunk_size):
-    """Pads ``x [n, d]`` and ``w [n]`` to whole chunks: ``[m, c, d]``, ``[m, c]`` (pad weight 0)."""
-    n = x.shape[0]
-    c = min(chunk_size, n)
-    m = -(-n // c)
-    pad = m * c - n
-    xp = jnp.pad(x, ((0, pad), (0, 0))).reshape(m, c, x.shape[1])
-    wp = jnp.pad(w, (0, pad)).reshape(m, c)
-    return xp, wp
-
-
 def _sq_dist(xc, xx, centroids, cc):
     """``[c, k]`` squared distances by the matmul expansion, clipped at 0 (rounding)."""
     d2 = xx[:, None] - 2.0 * (xc @ centroids.T) + cc[None, :]
@@ -176,24 +169,25 @@ def _first_argmin(d2):
     return lab.astype(jnp.int32), m
 
 
-def _assign(xp, wp, centroids, *, with_sums):
-    """One pass over chunks: labels, squared distance to the closest centre, and optionally
-    the weighted per-cluster sums and weights.
+def _assign(x, w, mean, centroids, c, *, with_sums):
+    """One pass over the chunks of ``x`` (read in place, centred on ``mean`` chunk by chunk):
+    labels, squared distance to the closest centre, and optionally the weighted per-cluster
+    sums and weights.
 
     Returns:
-        labels ``[m*c]`` int32, min_d2 ``[m*c]``, and if ``with_sums`` also sums ``[k, d]``
-        and weights ``[k]``.
+        labels ``[n]`` int32, min_d2 ``[n]``, and if ``with_sums`` also sums ``[k, d]`` and
+        weights ``[k]``.
     """
+    n = x.shape[0]
     k, d = centroids.shape
     cc = jnp.sum(centroids * centroids, axis=1)
 
-    def body(carry, chunk):
-        xc, wc = chunk
+    def body(carry, xc, wc, start):
+        sums, weights, labels, mind = carry
         xx = jnp.sum(xc * xc, axis=1)
         d2 = _sq_dist(xc, xx, centroids, cc)
-        lab, mind = _first_argmin(d2)
+        lab, m = _first_argmin(d2)
         if with_sums:
-            sums, weights = carry
             if d < _SCATTER_MAX_D:
                 # Narrow rows: a scatter-add (c·d work) beat the one-hot matmul (2·k·c·d
                 # flops) 3x on CPU at 200k×32, K=32.
@@ -202,51 +196,70 @@ def _assign(xp, wp, centroids, *, with_sums):
                 # Wide rows: the scatter ran 2.5x slower than the matmul at 60k×784, K=10.
                 oh = lab[None, :] == jnp.arange(k, dtype=jnp.int32)[:, None]
                 s_new = (oh * wc[None, :]).astype(xc.dtype) @ xc
-            carry = (sums + s_new, weights + jax.ops.segment_sum(wc, lab, num_segments=k))
-        return carry, (lab, mind)
+            sums = sums + s_new
+            weights = weights + jax.ops.segment_sum(wc, lab, num_segments=k)
+        return sums, weights, put_rows(labels, start, lab), put_rows(mind, start, m)
 
-    init = (jnp.zeros((k, d), xp.dtype), jnp.zeros((k,), xp.dtype))
-    carry, (labels, mind) = lax.scan(body, init, (xp, wp))
-    labels, mind = labels.reshape(-1), mind.reshape(-1)
+    init = (
+        jnp.zeros((k, d), x.dtype),
+        jnp.zeros((k,), x.dtype),
+        jnp.zeros((n,), jnp.int32),
+        jnp.zeros((n,), x.dtype),
+    )
+    sums, weights, labels, mind = fold_chunks(x, w, mean, c, body, init)
     if with_sums:
-        return labels, mind, carry[0], carry[1]
+        return labels, mind, sums, weights
     return labels, mind
 
 
-def _assign_inertia(xp, wp, centroids):
-    """Final pass: labels ``[m*c]`` and the exact inertia ``sum_i w_i ||x_i - c_{z_i}||²``
+def _assign_inertia(x, w, mean, centroids, c):
+    """Final pass: labels ``[n]`` and the exact inertia ``sum_i w_i ||x_i - c_{z_i}||²``
     (from the differences, not the expansion, so it is accurate in float32)."""
+    n = x.shape[0]
     cc = jnp.sum(centroids * centroids, axis=1)
 
-    def body(acc, chunk):
-        xc, wc = chunk
+    def body(carry, xc, wc, start):
+        acc, labels = carry
         lab, _ = _first_argmin(_sq_dist(xc, jnp.sum(xc * xc, axis=1), centroids, cc))
         diff = xc - centroids[lab]
-        return acc + jnp.sum(wc * jnp.sum(diff * diff, axis=1)), lab
+        return acc + jnp.sum(wc * jnp.sum(diff * diff, axis=1)), put_rows(labels, start, lab)
 
-    acc, labels = lax.scan(body, jnp.zeros((), xp.dtype), (xp, wp))
-    return labels.reshape(-1), acc
+    init = (jnp.zeros((), x.dtype), jnp.zeros((n,), jnp.int32))
+    acc, labels = fold_chunks(x, w, mean, c, body, init)
+    return labels, acc
 
 
 # ----------------------------------------------------------------------------- initialisation
 
 
-def _kmeans_plusplus(key, x, w, k, xx):
+def _kmeans_plusplus(key, x, w, k, mean, c):
     """Greedy k-means++ seeding (scikit-learn's algorithm): ``[k]`` int32 row indices.
 
     Args:
         key: PRNG key.
-        x: ``[n, d]`` data.
+        x: ``[n, d]`` data (read in place in chunks of ``c`` rows, centred on ``mean``).
         w: ``[n]`` weights (zero weight never chosen).
         k: number of centres.
-        xx: ``[n]`` squared row norms of ``x``.
+        mean: ``[d]`` centre subtracted from each chunk (keeps the expansion accurate).
+        c: rows per chunk (static).
     """
     n = x.shape[0]
     n_trials = 2 + int(math.log(k))
+    ones = jnp.ones((n,), x.dtype)  # chunk weights are not used here
+
+    def dist_to(cands):
+        """``[T, n]`` squared distances from the centred candidates ``[T, d]`` to every row."""
+        cn = jnp.sum(cands * cands, axis=1)
+
+        def body(out, xc, wc, start):
+            dc = jnp.sum(xc * xc, axis=1)[None, :] - 2.0 * (cands @ xc.T) + cn[:, None]
+            return lax.dynamic_update_slice_in_dim(out, jnp.maximum(dc, 0.0), start, axis=1)
+
+        return fold_chunks(x, ones, mean, c, body, jnp.zeros((cands.shape[0], n), x.dtype))
+
     key0, key_rest = jax.random.split(key)
     first = jax.random.choice(key0, n, p=w / jnp.sum(w)).astype(jnp.int32)
-    c0 = x[first]
-    closest = jnp.maximum(xx - 2.0 * (x @ c0) + jnp.dot(c0, c0), 0.0)
+    closest = dist_to(x[first][None] - mean[None])[0]
     pot = jnp.dot(closest, w)
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
 
@@ -255,9 +268,7 @@ def _kmeans_plusplus(key, x, w, k, xx):
         u = jax.random.uniform(jax.random.fold_in(key_rest, j), (n_trials,), x.dtype)
         cum = jnp.cumsum(w * closest)
         cand = jnp.clip(jnp.searchsorted(cum, u * pot), 0, n - 1)
-        xc = x[cand]  # [T, d]
-        dc = xx[None, :] - 2.0 * (xc @ x.T) + jnp.sum(xc * xc, axis=1)[:, None]
-        dc = jnp.minimum(closest[None, :], jnp.maximum(dc, 0.0))  # [T, n]
+        dc = jnp.minimum(closest[None, :], dist_to(x[cand] - mean[None]))  # [T, n]
         pots = dc @ w
         best = jnp.argmin(pots)
         return idx.at[j].set(cand[best]), dc[best], pots[best]
@@ -275,17 +286,17 @@ def _random_init(key, x, w, k):
 # ----------------------------------------------------------------------------- Lloyd
 
 
-def _lloyd(x, w, centroids0, tol_abs, max_iter, chunk_size):
-    """Lloyd iterations from ``centroids0`` on centred data; returns a :class:`KMeansResult`."""
+def _lloyd(x, w, mean, centroids0, tol_abs, max_iter, c):
+    """Lloyd iterations from ``centroids0`` (centred on ``mean``) on ``x`` read in place in
+    chunks of ``c`` rows; returns a :class:`KMeansResult` with centred centroids."""
     n = x.shape[0]
     k = centroids0.shape[0]
-    xp, wp = _chunked(x, w, chunk_size)
 
     def cond(s: _LloydState):
         return jnp.logical_and(s.n_iter < max_iter, jnp.logical_not(s.done))
 
     def body(s: _LloydState):
-        labels, mind, sums, weights = _assign(xp, wp, s.centroids, with_sums=True)
+        labels, mind, sums, weights = _assign(x, w, mean, s.centroids, c, with_sums=True)
         # Empty clusters take the points farthest from their own centre (scikit-learn's rule):
         # the j-th empty cluster gets the j-th farthest point, whose weighted contribution is
         # moved out of the cluster it was assigned to.
@@ -293,16 +304,15 @@ def _lloyd(x, w, centroids0, tol_abs, max_iter, chunk_size):
 
         def relocate(args):
             sums, weights = args
-            # Only points that carry weight can fill a cluster (padding has weight 0).
-            far_d = jnp.where(wp.reshape(-1) > 0, mind, -jnp.inf)
+            # Only points that carry weight can fill a cluster.
+            far_d = jnp.where(w > 0, mind, -jnp.inf)
             _, far = lax.top_k(far_d, k)  # [k] farthest points, descending
             rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)  # rank among the empty clusters
             p = far[rank]  # [k] the point each cluster would take if it is empty
-            x_flat, w_flat = xp.reshape(-1, x.shape[1]), wp.reshape(-1)
             # When every point sits on its centre, moving one is pointless (as scikit-learn).
             move = jnp.logical_and(empty, jnp.max(far_d) > 0)
-            moved_w = jnp.where(move, w_flat[p], 0.0)
-            moved_x = x_flat[p] * moved_w[:, None]
+            moved_w = jnp.where(move, w[p], 0.0)
+            moved_x = (x[p] - mean[None]) * moved_w[:, None]
             # A moved point leaves its previous cluster, which is never an empty one.
             out_x = jax.ops.segment_sum(moved_x, labels[p], num_segments=k)
             out_w = jax.ops.segment_sum(moved_w, labels[p], num_segments=k)
@@ -321,44 +331,37 @@ def _lloyd(x, w, centroids0, tol_abs, max_iter, chunk_size):
         return _LloydState(new, labels, s.n_iter + 1, done)
 
     init = _LloydState(
-        centroids0, jnp.full((wp.size,), -1, jnp.int32), jnp.zeros((), jnp.int32), jnp.array(False)
+        centroids0, jnp.full((n,), -1, jnp.int32), jnp.zeros((), jnp.int32), jnp.array(False)
     )
     s = lax.while_loop(cond, body, init)
     # A final assignment so that labels match the returned centroids.
-    labels, inertia = _assign_inertia(xp, wp, s.centroids)
-    return KMeansResult(s.centroids, labels[:n], inertia, s.n_iter, s.done)
+    labels, inertia = _assign_inertia(x, w, mean, s.centroids, c)
+    return KMeansResult(s.centroids, labels, inertia, s.n_iter, s.done)
 
 
-def _fit_one(key, x, w, tol_abs, init_array, *, k, init, max_iter, chunk_size):
-    """One k-means run on centred data (the unit vmapped over restarts)."""
+def _fit_one(key, x, w, mean, tol_abs, init_array, *, k, init, max_iter, c):
+    """One k-means run, centroids centred on ``mean`` (the unit vmapped over restarts)."""
     if init_array is not None:
         c0 = init_array
     elif init == "k-means++":
-        c0 = x[_kmeans_plusplus(key, x, w, k, jnp.sum(x * x, axis=1))]
+        c0 = x[_kmeans_plusplus(key, x, w, k, mean, c)] - mean[None]
     else:
-        c0 = _random_init(key, x, w, k)
-    return _lloyd(x, w, c0, tol_abs, max_iter, chunk_size)
+        c0 = _random_init(key, x, w, k) - mean[None]
+    return _lloyd(x, w, mean, c0, tol_abs, max_iter, c)
 
 
 def _fit_impl(key, x, w, tol, init_array, *, k, init, n_init, max_iter, chunk_size):
-    mean = jnp.mean(x, axis=0, keepdims=True)
-    xc = x - mean
+    # Data are centred chunk by chunk as they are read (no centred copy of x).
+    mean = jnp.mean(x, axis=0)
+    c = min(chunk_size, x.shape[0])
     # scikit-learn's `_tolerance`: tol scaled by the mean per-feature variance (unweighted).
     tol_abs = tol * jnp.mean(jnp.var(x, axis=0))
     if init_array is not None:
-        init_array = init_array - mean
+        init_array = init_array - mean[None]
 
     def one(key):
         return _fit_one(
-            key,
-            xc,
-            w,
-            tol_abs,
-            init_array,
-            k=k,
-            init=init,
-            max_iter=max_iter,
-            chunk_size=chunk_size,
+            key, x, w, mean, tol_abs, init_array, k=k, init=init, max_iter=max_iter, c=c
         )
 
     if n_init == 1:
@@ -367,7 +370,7 @@ def _fit_impl(key, x, w, tol, init_array, *, k, init, n_init, max_iter, chunk_si
         runs = jax.vmap(one)(jax.random.split(key, n_init))
         best = jnp.argmin(runs.inertia)
         res = jax.tree.map(lambda a: a[best], runs)
-    return res._replace(centroids=res.centroids + mean)
+    return res._replace(centroids=res.centroids + mean[None])
 
 
 _fit_jit = jax.jit(_fit_impl, static_argnames=("k", "init", "n_init", "max_iter", "chunk_size"))
@@ -444,10 +447,11 @@ def _check_predict_args(x, centroids):
 
 @jax.jit(static_argnames=("chunk_size",))
 def _predict(x, centroids, chunk_size):
-    mean = jnp.mean(centroids, axis=0, keepdims=True)
-    xp, wp = _chunked(x - mean, jnp.ones(x.shape[:1], x.dtype), chunk_size)
-    labels, _ = _assign(xp, wp, centroids - mean, with_sums=False)
-    return labels[: x.shape[0]]
+    mean = jnp.mean(centroids, axis=0)
+    c = min(chunk_size, x.shape[0])
+    ones = jnp.ones(x.shape[:1], x.dtype)
+    labels, _ = _assign(x, ones, mean, centroids - mean[None], c, with_sums=False)
+    return labels
 
 
 def predict(x, centroids, *, chunk_size: int | None = None) -> jax.Array:
@@ -489,9 +493,8 @@ def transform(x, centroids) -> jax.Array:
 
 @jax.jit(static_argnames=("k",))
 def _plusplus(key, x, w, k):
-    mean = jnp.mean(x, axis=0, keepdims=True)
-    xc = x - mean
-    return x[_kmeans_plusplus(key, xc, w, k, jnp.sum(xc * xc, axis=1))]
+    c = auto_chunk_size(x.shape[0], k)
+    return x[_kmeans_plusplus(key, x, w, k, jnp.mean(x, axis=0), c)]
 
 
 def kmeans_plusplus(key, x, k: int, *, sample_weight=None) -> jax.Array:

@@ -22,6 +22,15 @@ BatchNorm) is the submodule named ``layer_{i}`` with i the index in the tuple, s
 ``scale``/``bias`` (BatchNorm) and ``variables["batch_stats"][f"layer_{i}"]`` holds
 ``mean``/``var``. The manual engine in `mljax.nn.backprop` walks the same tuple and tree.
 
+Gradients: `LayerStack`'s Conv and MaxPool run the plain lax forward with a ``jax.custom_vjp``
+backward (`conv`: kernel gradient by im2col and one matmul, input gradient by the transposed
+convolution; `max_pool`: gradient routed to each window's first maximum by slices and selects),
+because XLA on CPU runs the generic backward (the kernel-gradient convolution and
+select-and-scatter) several times slower. The values equal `jax.grad` of the plain forms
+`conv_lax` / `max_pool_lax` (tested). A ``custom_vjp`` has no forward mode: ``jax.jvp`` /
+``jax.jacfwd`` through a Conv or MaxPool layer raise; differentiate `conv_lax` /
+`max_pool_lax` in forward mode instead.
+
 Dropout masks: `dropout_masks(key, layers, input_shape)` is the one pure function that draws
 them, as a tuple aligned with ``layers`` (boolean keep-mask of the layer's input shape for each
 Dropout with rate > 0, None elsewhere). `LayerStack` takes ``masks=`` explicitly; in train mode
@@ -38,6 +47,7 @@ layer uses it instead of its spec's static rate, so a sweep can vmap over dropou
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -342,8 +352,11 @@ def _pool_padding(layer: _Pool, shape) -> tuple:
     return ((0, 0), *pads, (0, 0))
 
 
-def max_pool(x: jax.Array, layer: MaxPool) -> jax.Array:
-    """Max pooling of an NHWC array (padded positions are -inf, never selected)."""
+def max_pool_lax(x: jax.Array, layer: MaxPool) -> jax.Array:
+    """Max pooling as one ``lax.reduce_window`` (differentiated by XLA's select-and-scatter).
+
+    The plain formulation: the reference the custom-gradient :func:`max_pool` is tested against.
+    """
     _check_rank(x.shape, 4, "MaxPool")
     return lax.reduce_window(
         x,
@@ -353,6 +366,138 @@ def max_pool(x: jax.Array, layer: MaxPool) -> jax.Array:
         (1, *layer.strides, 1),
         _pool_padding(layer, x.shape),
     )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool(x: jax.Array, layer: MaxPool) -> jax.Array:
+    """Max pooling of an NHWC array (padded positions are -inf, never selected).
+
+    Forward: ``lax.reduce_window``. Backward (a ``jax.custom_vjp``): the gradient is routed
+    to each window's maximum by strided slices and selects (first maximum in row-major window
+    order on ties, the same rule as XLA's select-and-scatter and as
+    :func:`mljax.nn.backprop.max_pool_backward`, which computes it). XLA on CPU runs
+    select-and-scatter several times slower than this slice/select form.
+
+    ``jax.custom_vjp`` supports reverse mode (``grad``/``vjp``) and ``vmap`` only: forward
+    mode (``jvp``, ``jacfwd``) through this function raises; use :func:`max_pool_lax` there.
+    """
+    return max_pool_lax(x, layer)
+
+
+def _max_pool_fwd(x, layer):
+    y = max_pool_lax(x, layer)
+    return y, (x, y)
+
+
+def _max_pool_bwd(layer, res, g):
+    from mljax.nn.backprop import max_pool_backward  # backprop imports this module
+
+    x, y = res
+    return (max_pool_backward(x, y, g, layer),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+_CONV_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_lax(x: jax.Array, kernel: jax.Array, strides, padding: str) -> jax.Array:
+    """Cross-correlation ``x ⋆ W`` as one ``lax.conv_general_dilated`` (x NHWC, W HWIO).
+
+    The plain formulation: the reference the custom-gradient :func:`conv` is tested against.
+    """
+    return lax.conv_general_dilated(
+        x, kernel, tuple(strides), padding, dimension_numbers=_CONV_DIMS
+    )
+
+
+def im2col(x: jax.Array, kernel_size, strides, padding: str, out_hw) -> jax.Array:
+    """Patches of x [n, h, w, c] for a kernel of ``kernel_size``: [n, oh, ow, kh·kw·c].
+
+    The last axis is ordered (p, q, c) (row-major over the window, then channel), so that
+    ``patches.reshape(-1, kh·kw·c) @ W.reshape(kh·kw·c, f)`` is the convolution. Built from
+    kh·kw strided slices of the zero-padded input (no identity-kernel convolution).
+    """
+    (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_hw
+    pads = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
+    xp = lax.pad(
+        x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0))
+    )
+    n, c = x.shape[0], x.shape[3]
+    cols = [
+        lax.slice(
+            xp, (0, p, q, 0), (n, p + (oh - 1) * sh + 1, q + (ow - 1) * sw + 1, c), (1, sh, sw, 1)
+        )
+        for p in range(kh)
+        for q in range(kw)
+    ]
+    return jnp.concatenate(cols, axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str) -> jax.Array:
+    """``x ⋆ W`` (as :func:`conv_lax`) with a custom backward pass that XLA CPU runs fast.
+
+    Backward (a ``jax.custom_vjp``), with g = dL/dy [n, oh, ow, f]:
+
+        dW = im2col(x)ᵀ g            one [kh·kw·c, n·oh·ow] × [n·oh·ow, f] matmul
+        dx = conv_lax's own input gradient (a transposed convolution of g with W)
+
+    XLA on CPU computes the kernel gradient of ``conv_general_dilated`` (a convolution whose
+    "batch" is the input channel) several times slower than this matmul.
+
+    ``jax.custom_vjp`` supports reverse mode (``grad``/``vjp``) and ``vmap`` only: forward
+    mode (``jvp``, ``jacfwd``) through this function raises; use :func:`conv_lax` there.
+    """
+    return conv_lax(x, kernel, strides, padding)
+
+
+def _conv_fwd(x, kernel, strides, padding):
+    return conv_lax(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_bwd(strides, padding, res, g):
+    x, kernel = res
+    kh, kw, c, f = kernel.shape
+    patches = im2col(x, (kh, kw), strides, padding, g.shape[1:3])
+    dk = jnp.matmul(patches.reshape(-1, kh * kw * c).T, g.reshape(-1, f))
+    _, x_vjp = jax.vjp(lambda a: conv_lax(a, kernel, strides, padding), x)
+    (dx,) = x_vjp(g)
+    return dx, dk.reshape(kh, kw, c, f).astype(kernel.dtype)
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+class _ConvModule(nn.Module):
+    """flax module for :class:`Conv` using :func:`conv`; parameters as ``flax.linen.Conv``.
+
+    ``kernel`` [kh, kw, c, f] (lecun_normal by default) and ``bias`` [f] (zeros): the same
+    names, shapes and initial values as ``nn.Conv``, so trees and seeds carry over.
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int]
+    padding: str
+    use_bias: bool
+    param_dtype: Any
+    kernel_init: Callable | None
+
+    @nn.compact
+    def __call__(self, x):
+        kh, kw = self.kernel_size
+        init = self.kernel_init or nn.initializers.lecun_normal()
+        kernel = self.param("kernel", init, (kh, kw, x.shape[-1], self.features), self.param_dtype)
+        dtype = jnp.result_type(x.dtype, kernel.dtype)
+        y = conv(x.astype(dtype), kernel.astype(dtype), tuple(self.strides), self.padding)
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype
+            )
+            y = y + bias.astype(dtype)
+        return y
 
 
 def avg_pool(x: jax.Array, layer: AvgPool) -> jax.Array:
@@ -451,16 +596,15 @@ class LayerStack(nn.Module):
                 )(x)
             elif isinstance(layer, Conv):
                 _check_rank(x.shape, 4, "Conv")
-                kwargs = {} if layer.kernel_init is None else {"kernel_init": layer.kernel_init}
-                x = nn.Conv(
+                x = _ConvModule(
                     layer.features,
                     kernel_size=layer.kernel_size,
                     strides=layer.strides,
                     padding=layer.padding,
                     use_bias=layer.use_bias,
                     param_dtype=self.param_dtype,
+                    kernel_init=layer.kernel_init,
                     name=name,
-                    **kwargs,
                 )(x)
             elif isinstance(layer, PARAMETER_FREE):
                 x = apply_parameter_free(

@@ -718,8 +718,62 @@ class LoopState(NamedTuple):
     stopped: jax.Array  # bool
 
 
+def _data_signature(data: Data) -> tuple:
+    """(shape, dtype) per field (None for a missing one): what the jitted loop pieces depend on."""
+    return tuple(None if a is None else (tuple(np.shape(a)), str(a.dtype)) for a in data)
+
+
+_PYTHON_CACHE: dict = {}
+
+
 def _python_fns(task: Task, cfg: TrainConfig, data: Data):
+    """The Python loop's pieces, jitted once per (task, config, data shapes) and reused.
+
+    A sequential sweep calls this once per member: the cache makes every member after the
+    first reuse the compiled step instead of tracing and compiling it again.
+    """
+    cache_key = (id(task), cfg, _data_signature(data))
+    hit = _PYTHON_CACHE.get(cache_key)
+    if hit is None or hit[0] is not task:
+        hit = (task, _python_jits(task, cfg, data))
+        _PYTHON_CACHE[cache_key] = hit
+    spe, init_fn, perm_fn, step_fn, chunk_fn, end_epoch_fn = hit[1]
+
+    def eval_set(params, state, x, y, hp):
+        # Chunks jitted one by one (convolutions in lax.map hit the slow scan path).
+        nx = x.shape[0]
+        size = min(cfg.eval_batch_size, nx)
+        totals = None
+        for start in range(0, nx, size):
+            xb, yb = x[start : start + size], y[start : start + size]
+            m = jnp.ones((xb.shape[0],), bool)
+            if xb.shape[0] < size:  # pad to one shape: one compilation
+                pad = size - xb.shape[0]
+                xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
+                yb = jnp.concatenate([yb, jnp.zeros((pad, *yb.shape[1:]), yb.dtype)])
+                m = jnp.arange(size) < size - pad
+            s = chunk_fn(params, state, xb, yb, m, hp)
+            totals = s if totals is None else {k: totals[k] + s[k] for k in s}
+        return {k: v / nx for k, v in totals.items()}
+
+    def end_epoch(ls: LoopState, hp):
+        record = {}
+        ts = ls.train
+        if cfg.eval_train:
+            for k, v in eval_set(ts.params, ts.model_state, data.x_train, data.y_train, hp).items():
+                record[f"train_{k}"] = v
+        if data.x_val is not None:
+            for k, v in eval_set(ts.params, ts.model_state, data.x_val, data.y_val, hp).items():
+                record[f"val_{k}"] = v
+        return end_epoch_fn(ls, record, hp)
+
+    return spe, init_fn, perm_fn, step_fn, end_epoch
+
+
+def _python_jits(task: Task, cfg: TrainConfig, data: Data):
+    """The jitted functions of the Python loop (they use ``data``'s shapes only)."""
     n = int(data.x_train.shape[0])
+    keys = history_keys(task, cfg, data)
     spe = num_batches(n, cfg.batch_size, drop_remainder=cfg.drop_remainder)
     tx, step = make_step(task, cfg, spe)
     schedule = lr_multiplier(cfg, spe)
@@ -728,7 +782,6 @@ def _python_fns(task: Task, cfg: TrainConfig, data: Data):
     def init_fn(hp, key):
         k_init, _, _ = split_keys(key)
         ts = init_state(task, tx, k_init, hp)
-        keys = history_keys(task, cfg, data)
         hist = {k: jnp.full((cfg.epochs,), jnp.nan, jnp.float32) for k in keys}
         z = jnp.zeros((), jnp.int32)
         return LoopState(
@@ -752,23 +805,6 @@ def _python_fns(task: Task, cfg: TrainConfig, data: Data):
     def chunk_fn(params, state, x, y, mask, hp):
         return _chunk_metrics(task, params, state, x, y, mask, hp)
 
-    def eval_set(params, state, x, y, hp):
-        # Chunks jitted one by one (convolutions in lax.map hit the slow scan path).
-        nx = x.shape[0]
-        size = min(cfg.eval_batch_size, nx)
-        totals = None
-        for start in range(0, nx, size):
-            xb, yb = x[start : start + size], y[start : start + size]
-            m = jnp.ones((xb.shape[0],), bool)
-            if xb.shape[0] < size:  # pad to one shape: one compilation
-                pad = size - xb.shape[0]
-                xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
-                yb = jnp.concatenate([yb, jnp.zeros((pad, *yb.shape[1:]), yb.dtype)])
-                m = jnp.arange(size) < size - pad
-            s = chunk_fn(params, state, xb, yb, m, hp)
-            totals = s if totals is None else {k: totals[k] + s[k] for k in s}
-        return {k: v / nx for k, v in totals.items()}
-
     @jax.jit
     def end_epoch_fn(ls: LoopState, record, hp):
         ts = ls.train
@@ -783,18 +819,7 @@ def _python_fns(task: Task, cfg: TrainConfig, data: Data):
             ts, es, hist, e + 1, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), stop
         )
 
-    def end_epoch(ls: LoopState, hp):
-        record = {}
-        ts = ls.train
-        if cfg.eval_train:
-            for k, v in eval_set(ts.params, ts.model_state, data.x_train, data.y_train, hp).items():
-                record[f"train_{k}"] = v
-        if data.x_val is not None:
-            for k, v in eval_set(ts.params, ts.model_state, data.x_val, data.y_val, hp).items():
-                record[f"val_{k}"] = v
-        return end_epoch_fn(ls, record, hp)
-
-    return spe, init_fn, perm_fn, step_fn, end_epoch
+    return spe, init_fn, perm_fn, step_fn, chunk_fn, end_epoch_fn
 
 
 def train_python(

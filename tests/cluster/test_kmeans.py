@@ -329,3 +329,25 @@ def test_zero_weights_equal_dropping_the_points(x64):
     np.testing.assert_array_equal(np.asarray(masked.labels)[keep], subset.labels_)
     pp = np.asarray(kmeans.kmeans_plusplus(jax.random.key(1), x, 4, sample_weight=w))
     assert all(np.any(np.all(x[keep] == c, axis=1)) for c in pp)
+
+
+def _fit_temp_bytes(n, d, k, chunk, init):
+    x = jax.ShapeDtypeStruct((n, d), jnp.float32)
+
+    def f(key, x):
+        return kmeans.fit(key, x, k, init=init, chunk_size=chunk, max_iter=3)
+
+    compiled = jax.jit(f).lower(jax.random.key(0), x).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_fit_memory_has_no_copy_of_x(init):
+    """XLA's own buffer assignment: with the chunk fixed, 4x the rows adds only the O(n)
+    labels / distances / k-means++ candidate rows, far less than a centred or padded copy of
+    ``x`` (``4 d`` bytes a row)."""
+    d, k, chunk = 64, 4, 1024
+    small = _fit_temp_bytes(2**14, d, k, chunk, init)
+    large = _fit_temp_bytes(2**16, d, k, chunk, init)
+    per_row = (large - small) / (2**16 - 2**14)
+    assert per_row < 0.5 * 4 * d, (small, large, per_row)

@@ -285,11 +285,13 @@ def test_maxpool_ties_route_like_jax_grad():
     x = x.at[0, 2:, 2:, 0].set(jnp.array([[1.0, 1.0], [0.5, 1.0]]))
     g = jnp.arange(1.0, 5.0, dtype=jnp.float64).reshape(1, 2, 2, 1)
     for layer in (MaxPool(), MaxPool((3, 3), (1, 1), "SAME")):
-        from mljax.nn.layers import max_pool
+        # The plain reduce_window (XLA's select-and-scatter gradient), not LayerStack's
+        # max_pool, whose custom VJP calls max_pool_backward itself.
+        from mljax.nn.layers import max_pool_lax
 
-        y = max_pool(x, layer)
+        y = max_pool_lax(x, layer)
         g = jnp.arange(1.0, 1.0 + y.size, dtype=jnp.float64).reshape(y.shape)
-        ref = jax.jit(jax.grad(lambda a, layer=layer, g=g: jnp.sum(max_pool(a, layer) * g)))(x)
+        ref = jax.jit(jax.grad(lambda a, layer=layer, g=g: jnp.sum(max_pool_lax(a, layer) * g)))(x)
         ours = jax.jit(backprop.max_pool_backward, static_argnums=3)(x, y, g, layer)
         np.testing.assert_array_equal(ours, ref)
 

@@ -1,10 +1,12 @@
 """LayerStack (flax) forward against hand-written NumPy forwards, layer by layer, float64."""
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mljax.nn import layers as layers_lib
 from mljax.nn.layers import (
     Activation,
     AvgPool,
@@ -213,3 +215,111 @@ def test_strides_default_to_window_and_shapes():
         (Conv(4, (3, 3), (2, 2), "SAME"), MaxPool(), Flatten(), Dense(5)), (2, 9, 9, 1)
     )
     assert shapes == ((2, 9, 9, 1), (2, 5, 5, 4), (2, 2, 2, 4), (2, 16), (2, 5))
+
+
+# ----------------------------------------------------------------------------- custom VJPs
+
+# (batch, h, w, c, features, kernel, strides, padding): SAME and VALID, strides, odd sizes,
+# batch 1, windows that leave trailing rows unreached.
+CONV_VJP_CASES = [
+    (1, 7, 5, 3, 4, (3, 3), (1, 1), "SAME"),
+    (2, 9, 8, 2, 3, (3, 2), (2, 3), "VALID"),
+    (3, 6, 6, 1, 2, (5, 5), (2, 2), "SAME"),
+    (1, 8, 7, 4, 5, (2, 4), (3, 2), "VALID"),
+    (2, 5, 5, 2, 2, (1, 1), (1, 1), "VALID"),
+]
+
+
+@pytest.mark.parametrize("case", CONV_VJP_CASES, ids=str)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_conv_custom_vjp_matches_lax_grad(case, jit):
+    """im2col kernel gradient and transposed-conv input gradient = jax.grad of the lax conv."""
+    n, h, w, c, f, k, s, pad = case
+    rng = np.random.default_rng(sum(case[:5]))
+    x = jnp.asarray(rng.normal(size=(n, h, w, c)))
+    kernel = jnp.asarray(rng.normal(size=(*k, c, f)))
+    y_ref = layers_lib.conv_lax(x, kernel, s, pad)
+    g = jnp.asarray(rng.normal(size=y_ref.shape))
+
+    def loss(fn):
+        return lambda a, b: jnp.sum(fn(a, b, s, pad) * g)
+
+    grad = jax.grad(loss(layers_lib.conv), (0, 1))
+    ours = (jax.jit(grad) if jit else grad)(x, kernel)
+    ref = jax.grad(loss(layers_lib.conv_lax), (0, 1))(x, kernel)
+    np.testing.assert_allclose(layers_lib.conv(x, kernel, s, pad), y_ref, rtol=1e-12)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_conv_custom_vjp_under_vmap():
+    rng = np.random.default_rng(7)
+    xs = jnp.asarray(rng.normal(size=(3, 2, 6, 5, 2)))
+    ks = jnp.asarray(rng.normal(size=(3, 3, 3, 2, 4)))
+
+    def per_model(fn):
+        return jax.vmap(jax.grad(lambda a, b: jnp.sum(jnp.tanh(fn(a, b, (2, 1), "SAME"))), (0, 1)))
+
+    ours = per_model(layers_lib.conv)(xs, ks)
+    ref = per_model(layers_lib.conv_lax)(xs, ks)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+MAXPOOL_VJP_CASES = [
+    ((1, 4, 4, 1), MaxPool()),
+    ((2, 7, 5, 3), MaxPool()),  # odd sizes: VALID drops the last row / column
+    ((2, 7, 5, 3), MaxPool((3, 3), (1, 1), "SAME")),  # overlapping windows add up
+    ((1, 7, 6, 2), MaxPool((3, 2), (2, 2), "SAME")),
+    ((3, 9, 8, 2), MaxPool((2, 3), (3, 2), "VALID")),
+]
+
+
+@pytest.mark.parametrize("shape,layer", MAXPOOL_VJP_CASES, ids=str)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_maxpool_custom_vjp_matches_select_and_scatter(shape, layer, jit):
+    rng = np.random.default_rng(shape[1] * 10 + shape[2])
+    x = jnp.asarray(rng.normal(size=shape))
+    y_ref = layers_lib.max_pool_lax(x, layer)
+    g = jnp.asarray(rng.normal(size=y_ref.shape))
+    grad = jax.grad(lambda a: jnp.sum(layers_lib.max_pool(a, layer) * g))
+    ours = (jax.jit(grad) if jit else grad)(x)
+    ref = jax.grad(lambda a: jnp.sum(layers_lib.max_pool_lax(a, layer) * g))(x)
+    np.testing.assert_array_equal(layers_lib.max_pool(x, layer), y_ref)
+    np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_maxpool_custom_vjp_ties_and_vmap():
+    """Ties (ReLU zeros, equal values) go to the first maximum, as select-and-scatter."""
+    x = jnp.zeros((2, 4, 6, 2)).at[:, 2:, 2:4].set(1.0).at[1, 0, 0, 1].set(-0.0)
+    layer = MaxPool((2, 2), (1, 2), "SAME")
+
+    def grads(fn):
+        return jax.vmap(
+            jax.grad(
+                lambda a: jnp.sum(fn(a[None], layer) * jnp.arange(1.0, 13.0).reshape(1, 4, 3, 1))
+            )
+        )
+
+    np.testing.assert_array_equal(grads(layers_lib.max_pool)(x), grads(layers_lib.max_pool_lax)(x))
+
+
+def test_layerstack_conv_params_match_flax_conv():
+    """LayerStack's Conv keeps flax.linen.Conv's parameter names, shapes and initial values."""
+    x = jnp.ones((2, 9, 7, 3))
+
+    class FlaxConv(flax.linen.Module):
+        @flax.linen.compact
+        def __call__(self, x):
+            return flax.linen.Conv(4, (3, 2), (2, 1), "SAME", name="layer_0")(x)
+
+    ours = LayerStack((Conv(4, (3, 2), (2, 1), "SAME"),)).init(jax.random.key(3), x)["params"]
+    ref = FlaxConv().init(jax.random.key(3), x)["params"]
+    assert jax.tree.structure(ours) == jax.tree.structure(ref)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(
+        LayerStack((Conv(4, (3, 2), (2, 1), "SAME"),)).apply({"params": ours}, x),
+        FlaxConv().apply({"params": ref}, x),
+        rtol=1e-12,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -243,6 +244,31 @@ def test_sharded_sweep_equals_one_device():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "SHARDED-OK 6" in done.stdout
+
+
+def test_sequential_members_reuse_the_compiled_step():
+    """The Python loop's step is traced (hence compiled) once, not once per member."""
+    traces = []  # training-mode traces: only the jitted step traces apply with train=True
+
+    def apply(params, state, x, *, train, rng, hparams):
+        if train:
+            traces.append(x.shape)  # runs at trace time only
+        return TASK.apply(params, state, x, train=train, rng=rng, hparams=hparams)
+
+    counting = dataclasses.replace(TASK, apply=apply)
+    cfg = dataclasses.replace(CFG, epochs=2)
+    members = sweep.grid_members(3, {"learning_rate": [0.05, 0.2]})
+    first = sweep.sweep(counting, cfg, DATA, members[:1], strategy="sequential")
+    traced_once = len(traces)
+    assert traced_once == 1
+    rest = sweep.sweep(counting, cfg, DATA, members, strategy="sequential")
+    assert len(traces) == traced_once  # five more members, no new trace
+    # ... and reuse changes nothing: member 0 is the same run both times.
+    _equal(jax.tree.map(lambda a: a[:1], rest.params), first.params)
+    # A second task object with the same maths gets its own compiled code.
+    other = dataclasses.replace(TASK, apply=apply)
+    sweep.sweep(other, cfg, DATA, members[:1], strategy="sequential")
+    assert len(traces) == 2 * traced_once
 
 
 # ----------------------------------------------------------------------------- group_stats
