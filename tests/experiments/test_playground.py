@@ -40,11 +40,41 @@ def test_playground_loss_is_mean_half_squared_error_of_tanh_output():
 def test_masked_features_equal_selected_features():
     """Zeroed feature columns leave the data term and its gradients unchanged."""
     sp = toy.playground_split("circle", jax.random.key(0), 40)
-    data = pg.feature_data(sp, ("x1^2", "x2^2"))
+    data = pg.feature_data(sp, ("x1^2", "x2^2"), "tanh")
     np.testing.assert_array_equal(np.asarray(data.x_train)[:, [0, 1, 4, 5, 6]], 0.0)
     np.testing.assert_allclose(
         np.asarray(data.x_train)[:, 2:4], toy.features(sp.x_train, ("x1^2", "x2^2")), rtol=1e-6
     )
+    np.testing.assert_array_equal(np.asarray(data.x_val)[:, 7], 1.0)  # tanh's code
+    with pytest.raises(ValueError, match="activation must be one of"):
+        pg.feature_data(sp, ("x1",), "gelu")
+
+
+@pytest.mark.parametrize("activation", pg.ACTIVATIONS)
+def test_playground_task_equals_the_fixed_activation_network(activation):
+    """The activation chosen by the code column: same init, outputs and gradients as
+    layer_task(network(hidden, activation)) on the seven features."""
+    hidden = (4, 3)
+    mixed = pg.playground_task(hidden)
+    fixed = tasks.layer_task(
+        pg.network(hidden, activation), (1, 7), loss="mean_squared_error", bias_init=0.1
+    )
+    params, state = mixed.init(jax.random.key(2))
+    ref_params, _ = fixed.init(jax.random.key(2))
+    for u, v in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_array_equal(u, v)
+    sp = toy.playground_split("xor", jax.random.key(0), 40)
+    data = pg.feature_data(sp, pg.ALL, activation)
+    y = data.y_train
+    out, _ = mixed.apply(params, state, data.x_train, train=True, rng=None, hparams=None)
+    ref, _ = fixed.apply(params, state, data.x_train[:, :7], train=True, rng=None, hparams=None)
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-7)
+    mask = jnp.ones(y.shape[0], bool)
+    hp = loop.Hyper()
+    _, g, _ = loop.autodiff_grad_fn(mixed)(params, (data.x_train, y, mask), None, state, hp)
+    _, g_ref, _ = fixed.manual_grad(params, (data.x_train[:, :7], y, mask), None, state, hp)
+    for u, v in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7)
 
 
 def test_cells_cover_the_report_tables():
