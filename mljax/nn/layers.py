@@ -61,6 +61,11 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
 PADDINGS = ("SAME", "VALID")
 
 
+def _check_positive_int(value, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def _pair(value, name: str) -> tuple[int, int]:
     """Validate a 2-tuple of positive ints (an int is broadcast to both axes)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -103,12 +108,7 @@ class Dense:
     kernel_init: Callable | None = None
 
     def __post_init__(self):
-        if (
-            not isinstance(self.features, int)
-            or isinstance(self.features, bool)
-            or (self.features < 1)
-        ):
-            raise ValueError(f"Dense.features must be a positive int, got {self.features!r}")
+        _check_positive_int(self.features, "Dense.features")
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (*shape[:-1], self.features)
@@ -135,12 +135,7 @@ class Conv:
     kernel_init: Callable | None = None
 
     def __post_init__(self):
-        if (
-            not isinstance(self.features, int)
-            or isinstance(self.features, bool)
-            or (self.features < 1)
-        ):
-            raise ValueError(f"Conv.features must be a positive int, got {self.features!r}")
+        _check_positive_int(self.features, "Conv.features")
         object.__setattr__(self, "kernel_size", _pair(self.kernel_size, "Conv.kernel_size"))
         object.__setattr__(self, "strides", _pair(self.strides, "Conv.strides"))
         object.__setattr__(self, "padding", _padding(self.padding))

@@ -651,6 +651,22 @@ def _init_early(cfg, ts: TrainState) -> EarlyStop:
     )
 
 
+def _result(ts: TrainState, es: EarlyStop, epochs_run, history, strategy) -> TrainResult:
+    return TrainResult(
+        params=ts.params,
+        model_state=ts.model_state,
+        best_params=es.best_params,
+        best_state=es.best_state,
+        best_epoch=es.best_epoch,
+        best_value=es.best_value,
+        epochs_run=epochs_run,
+        history=history,
+        diverged=ts.diverged,
+        diverged_step=ts.diverged_step,
+        strategy=strategy,
+    )
+
+
 def train_scan(task: Task, cfg: TrainConfig, data: Data, hp: Hyper, key) -> TrainResult:
     """The whole run as one pure function (jit it; vmap it over ``hp`` / ``key`` for sweeps).
 
@@ -693,19 +709,8 @@ def train_scan(task: Task, cfg: TrainConfig, data: Data, hp: Hyper, key) -> Trai
 
     carry = (ts0, es0, hist0, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
     ts, es, hist, epochs_run, _ = lax.while_loop(cond, epoch_body, carry)
-    return TrainResult(
-        params=ts.params,
-        model_state=ts.model_state,
-        best_params=es.best_params,
-        best_state=es.best_state,
-        best_epoch=es.best_epoch,
-        best_value=es.best_value,
-        epochs_run=epochs_run,
-        history=hist,
-        diverged=ts.diverged,
-        diverged_step=ts.diverged_step,
-        strategy=None,  # set by the caller: a str is no array, jit cannot return it
-    )
+    # strategy is set by the caller: a str is no array, jit cannot return it.
+    return _result(ts, es, epochs_run, hist, None)
 
 
 # ----------------------------------------------------------------------------- Python loop
@@ -880,19 +885,7 @@ def train_python(
     if checkpointer is not None:
         checkpointer.save(ls)
     ts, es = ls.train, ls.early
-    return TrainResult(
-        params=ts.params,
-        model_state=ts.model_state,
-        best_params=es.best_params,
-        best_state=es.best_state,
-        best_epoch=es.best_epoch,
-        best_value=es.best_value,
-        epochs_run=ls.epoch,
-        history=ls.history,
-        diverged=ts.diverged,
-        diverged_step=ts.diverged_step,
-        strategy="python",
-    )
+    return _result(ts, es, ls.epoch, ls.history, "python")
 
 
 _SCAN_CACHE: dict = {}
