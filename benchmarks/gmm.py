@@ -9,6 +9,10 @@ difference of the final mean log-likelihood from a float64 reference (scikit-lea
 from the same start, same iterations). The restart case compares our vmapped ``n_init = 8``
 (``random_from_data`` starts) with scikit-learn's ``n_init = 8``; gmmx has no restarts.
 
+``ours_gflops`` is the matmul work our EM iteration issues (flop model in :func:`matmul_flops`)
+divided by our time; ``peak_gflops`` is a plain float32 ``[2048, 2048]`` matmul in the same
+process, so their ratio says how far from matmul-bound the iteration runs.
+
 Usage: ``python -m benchmarks.gmm [--quick] [--out FILE] [--iters N] [--repeats R]``.
 """
 
@@ -22,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.peak import matmul_peak_gflops
 from mljax.cluster import gmm
 from mljax.results import atomic_write_json
 
@@ -144,7 +149,18 @@ def reference_ll(x, k, covariance_type, iters, start):
     return float(ref.score(x.astype(np.float64)))
 
 
-def bench_case(name, covariance_type, n, d, k, n_init, iters, repeats):
+def matmul_flops(covariance_type, n, d, k):
+    """Matmul flops of one of our EM iterations: the E pass, and the covariance pass that
+    recomputes the E-step's log-probabilities before its own products."""
+    if covariance_type in ("full", "tied"):
+        e = 2 * n * d * (k * d if covariance_type == "full" else d)
+        return 2 * e + 2 * n * k * d * d  # E pass, recomputed E, sum_n u_n x_nᵀ
+    e = 2 * 2 * n * d * k if covariance_type == "diag" else 2 * n * d * k
+    second = 2 * n * k * k * d if k <= 32 else 2 * n * k * d  # block trick keeps k×
+    return 2 * e + second
+
+
+def bench_case(name, covariance_type, n, d, k, n_init, iters, repeats, peak):
     x = make_data(n, d, k)
     start = start_params(x, k, covariance_type)
     rows = []
@@ -167,6 +183,7 @@ def bench_case(name, covariance_type, n, d, k, n_init, iters, repeats):
     first, best, res = timed(ours, repeats)
     ours_ll = float(res.log_likelihood)
     ours_it = best / iters
+    gflops = n_init * matmul_flops(covariance_type, n, d, k) / ours_it / 1e9
     compile_s = max(first - best, 0.0)
 
     sk_s, sk_dtype, sk_model = run_sklearn(x, k, covariance_type, iters, start, n_init, repeats)
@@ -187,6 +204,8 @@ def bench_case(name, covariance_type, n, d, k, n_init, iters, repeats):
             "ratio": sk_s / iters / ours_it,
             "compile_s": compile_s,
             "agreement": agree_sk,
+            "ours_gflops": gflops,
+            "peak_gflops": peak,
         }
     )
     if n_init == 1:
@@ -202,6 +221,8 @@ def bench_case(name, covariance_type, n, d, k, n_init, iters, repeats):
                 "compile_s": compile_s,
                 "agreement": f"|Δll| ours {abs(ours_ll - ref):.2e}, gmmx {gx_note}; "
                 f"gmmx compile {gx_compile:.2f}s",
+                "ours_gflops": gflops,
+                "peak_gflops": peak,
             }
         )
     return rows
@@ -209,14 +230,15 @@ def bench_case(name, covariance_type, n, d, k, n_init, iters, repeats):
 
 def markdown(rows):
     lines = [
-        "| case | ours ms/it | anchor | anchor ms/it | speed-up | our compile s | agreement |",
-        "|---|---:|---|---:|---:|---:|---|",
+        "| case | ours ms/it | anchor | anchor ms/it | speed-up | our compile s | our matmul "
+        "GFLOP/s (peak) | agreement |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['ours_s'] * 1e3:.2f} | {r['anchor']} | "
             f"{r['anchor_s'] * 1e3:.2f} | {r['ratio']:.2f}× | {r['compile_s']:.2f} | "
-            f"{r['agreement']} |"
+            f"{r['ours_gflops']:.1f} ({r['peak_gflops']:.0f}) | {r['agreement']} |"
         )
     return "\n".join(lines)
 
@@ -235,8 +257,9 @@ def main(argv=None) -> int:
     if args.case:
         cases = [c for c in cases if any(s in c[0] for s in args.case)]
     rows = []
+    peak = matmul_peak_gflops()
     for case in cases:
-        rows.extend(bench_case(*case, iters=iters, repeats=repeats))
+        rows.extend(bench_case(*case, iters=iters, repeats=repeats, peak=peak))
     print(f"GMM EM, {iters} iterations, tol=0, float32 data; devices: {jax.devices()}")
     print(markdown(rows))
     if args.out:

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from sklearn.cluster import KMeans
 
+from benchmarks.peak import matmul_peak_gflops
 from mljax.cluster import kmeans
 from mljax.experiment import markdown_table
 from mljax.results import atomic_write_json
@@ -51,7 +52,13 @@ def _best_time(fn, repeats):
     return best
 
 
-def run_case(name, n, d, k, iters, n_init, repeats):
+def matmul_flops(n, d, k):
+    """Matmul flops of one of our Lloyd iterations: the distance matmul, plus the one-hot
+    matmul of the cluster sums for wide rows (narrow rows use a scatter-add)."""
+    return 2 * n * d * k * (2 if d >= kmeans._SCATTER_MAX_D else 1)
+
+
+def run_case(name, n, d, k, iters, n_init, repeats, peak=None):
     x = _data(n, d, k)
     rng = np.random.default_rng(1)
     c0 = x[rng.choice(n, k, replace=False)]
@@ -100,6 +107,8 @@ def run_case(name, n, d, k, iters, n_init, repeats):
         "compile_s": max(first - ours_s, 0.0),
         "agreement": agreement,
         "iterations": [our_iters, sk_iters],
+        "ours_gflops": matmul_flops(n, d, k) / per_ours / 1e9,
+        "peak_gflops": peak,
     }
 
 
@@ -110,12 +119,14 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (best is kept)")
     args = parser.parse_args(argv)
     cases = QUICK_CASES if args.quick else CASES
-    rows = [run_case(*c, repeats=1 if args.quick else args.repeats) for c in cases]
+    peak = matmul_peak_gflops()
+    rows = [run_case(*c, repeats=1 if args.quick else args.repeats, peak=peak) for c in cases]
     header = ["case", "ours ms/it", "sklearn ms/it", "ratio", "compile s", "inertia rel. diff",
-              "iterations (ours, sklearn)"]  # fmt: skip
+              "iterations (ours, sklearn)", "our matmul GFLOP/s (peak)"]  # fmt: skip
     body = [
         [r["case"], f"{1e3 * r['ours_s']:.2f}", f"{1e3 * r['anchor_s']:.2f}", f"{r['ratio']:.2f}",
-         f"{r['compile_s']:.2f}", f"{r['agreement']:.1e}", f"{r['iterations']}"]
+         f"{r['compile_s']:.2f}", f"{r['agreement']:.1e}", f"{r['iterations']}",
+         f"{r['ours_gflops']:.1f} ({r['peak_gflops']:.0f})"]
         for r in rows
     ]  # fmt: skip
     print("\n".join(markdown_table(header, body)))
