@@ -62,7 +62,7 @@ import numpy as np
 from jax import lax
 
 from mljax.cluster import kmeans
-from mljax.cluster._chunks import fold_chunks
+from mljax.cluster._chunks import fold_chunks, put_rows
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 INITS = ("kmeans", "k-means++", "random", "random_from_data", "rand_const")
@@ -71,6 +71,9 @@ INITS = ("kmeans", "k-means++", "random", "random_from_data", "rand_const")
 # in cache). Measured ms per EM iteration (loaded machine), 2^21 -> 2^19 elements: full
 # 100k×16 K=8 130 -> 90; full 200k×32 K=16 1099 -> 944; diag 200k×32 K=16 257 -> 233.
 _CHUNK_ELEMENTS = 1 << 19
+KEEP_RESP_ELEMENTS = 1 << 26
+"""Largest ``n × k × n_init`` for which :func:`fit` keeps the E-step's responsibilities (256 MiB in
+float32) for the covariance pass instead of recomputing them chunk by chunk."""
 
 
 class GMMParams(NamedTuple):
@@ -288,17 +291,25 @@ class _EStats(NamedTuple):
     sx: jax.Array  # [k, d] sum_n w_n r_nk x_n
 
 
-def _resp(xc, wc, prep: _Prepared, covariance_type: str):
-    """Weighted responsibilities ``w_n r_nk`` ``[c, k]``, ``log p(x_n)`` and its finiteness."""
+def _resp_unweighted(xc, prep: _Prepared, covariance_type: str):
+    """Responsibilities ``r_nk`` ``[c, k]``, ``log p(x_n)`` and its finiteness."""
     k = prep.const.shape[0]
     lp = _weighted_log_prob(xc, prep, covariance_type)
     lse = _logsumexp(lp)
     finite = jnp.isfinite(lse)
     log_resp = jnp.where(finite[:, None], lp - lse[:, None], -math.log(k))
-    return jnp.exp(log_resp) * wc[:, None], lse, finite
+    return jnp.exp(log_resp), lse, finite
 
 
-def _e_pass(x, w, c0, params: GMMParams, covariance_type: str, c: int, *, n_worst: int = 0):
+def _resp(xc, wc, prep: _Prepared, covariance_type: str):
+    """Weighted responsibilities ``w_n r_nk`` ``[c, k]``, ``log p(x_n)`` and its finiteness."""
+    r, lse, finite = _resp_unweighted(xc, prep, covariance_type)
+    return r * wc[:, None], lse, finite
+
+
+def _e_pass(
+    x, w, c0, params: GMMParams, covariance_type: str, c: int, *, n_worst: int = 0, keep=False
+):
     """One pass over the chunks: log-likelihood, first-order statistics, worst points.
 
     Args:
@@ -310,8 +321,12 @@ def _e_pass(x, w, c0, params: GMMParams, covariance_type: str, c: int, *, n_wors
         n_worst: how many worst-explained points to return (0: none), kept as a running
             top-k in the carry (no per-point output).
 
+        keep: also return the unweighted responsibilities ``[n, k]`` (for the covariance
+            pass, instead of recomputing them there).
+
     Returns:
-        ``(stats, worst_points [n_worst, d] or None)`` with ``worst_points`` centred.
+        ``(stats, worst_points [n_worst, d] or None, resp [n, k] or None)`` with
+        ``worst_points`` centred.
     """
     prep = _prepare(params, covariance_type)
     k, d = params.means.shape
@@ -319,8 +334,11 @@ def _e_pass(x, w, c0, params: GMMParams, covariance_type: str, c: int, *, n_wors
     per_chunk = min(n_worst, c)
 
     def body(carry, xc, wc, start):
-        st, worst = carry
-        rw, lse, finite = _resp(xc, wc, prep, covariance_type)
+        st, worst, kept = carry
+        r, lse, finite = _resp_unweighted(xc, prep, covariance_type)
+        rw = r * wc[:, None]
+        if keep:
+            kept = put_rows(kept, start, r)
         st = _EStats(
             st.ll_sum + jnp.sum(jnp.where(wc > 0, wc * lse, 0.0)),
             st.nk + jnp.sum(rw, axis=0),
@@ -333,7 +351,7 @@ def _e_pass(x, w, c0, params: GMMParams, covariance_type: str, c: int, *, n_wors
             all_pts = jnp.concatenate([worst[1], xc[idx]])
             top, pos = lax.top_k(all_vals, n_worst)
             worst = (top, all_pts[pos])
-        return st, worst
+        return st, worst, kept
 
     zero = _EStats(jnp.zeros((), dtype), jnp.zeros((k,), dtype), jnp.zeros((k, d), dtype))
     worst0 = (
@@ -341,8 +359,9 @@ def _e_pass(x, w, c0, params: GMMParams, covariance_type: str, c: int, *, n_wors
         if per_chunk
         else None
     )
-    stats, worst = fold_chunks(x, w, c0, c, body, (zero, worst0))
-    return stats, (worst[1] if per_chunk else None)
+    kept0 = jnp.zeros((x.shape[0], k), dtype) if keep else None
+    stats, worst, kept = fold_chunks(x, w, c0, c, body, (zero, worst0, kept0))
+    return stats, (worst[1] if per_chunk else None), kept
 
 
 def _first_order_pass(x, w, c0, c: int, rw_fn, k: int):
@@ -786,7 +805,7 @@ class _EMState(NamedTuple):
     n_reseeded: jax.Array
 
 
-def _em(params0, x, w, c0, tol, hyper, reset_cov, *, covariance_type, max_iter, c):
+def _em(params0, x, w, c0, tol, hyper, reset_cov, *, covariance_type, max_iter, c, keep_resp):
     """EM iterations in a ``lax.while_loop``; ``x`` read in place in chunks of ``c`` rows,
     centred on ``c0`` chunk by chunk (``params0`` is centred on ``c0``)."""
     reg_covar, min_variance, _ = hyper
@@ -800,12 +819,16 @@ def _em(params0, x, w, c0, tol, hyper, reset_cov, *, covariance_type, max_iter, 
         return (s.n_iter < max_iter) & ~s.converged
 
     def body(s: _EMState):
-        stats, worst = _e_pass(x, w, c0, s.params, covariance_type, c, n_worst=k)
+        stats, worst, kept = _e_pass(
+            x, w, c0, s.params, covariance_type, c, n_worst=k, keep=keep_resp
+        )
         ll = stats.ll_sum / wsum
         nk = stats.nk + 10 * eps
         prep = _prepare(s.params, covariance_type)
 
-        def rw_fn(xc, wc, start):  # the E-step's responsibilities, recomputed per chunk
+        def rw_fn(xc, wc, start):  # the E-step's responsibilities, kept or recomputed
+            if keep_resp:
+                return lax.dynamic_slice_in_dim(kept, start, xc.shape[0], axis=0) * wc[:, None]
             return _resp(xc, wc, prep, covariance_type)[0]
 
         acc = _cov_pass(x, w, c0, c, rw_fn, stats.sx / nk[:, None], covariance_type)
@@ -859,7 +882,7 @@ def _em(params0, x, w, c0, tol, hyper, reset_cov, *, covariance_type, max_iter, 
 
 def _fit_impl(
     key, x, w, tol, reg_covar, min_variance, rand_const, init_params, *,
-    k, covariance_type, init, n_init, max_iter, chunk_size,
+    k, covariance_type, init, n_init, max_iter, chunk_size, keep_resp,
 ):  # fmt: skip
     n = x.shape[0]
     c = min(chunk_size, n)
@@ -875,9 +898,9 @@ def _fit_impl(
             params0 = _init_params(key, x, w, c0, c, k, covariance_type, init, hyper)
         s = _em(
             params0, x, w, c0, tol, hyper, reset_cov,
-            covariance_type=covariance_type, max_iter=max_iter, c=c,
+            covariance_type=covariance_type, max_iter=max_iter, c=c, keep_resp=keep_resp,
         )  # fmt: skip
-        stats, _ = _e_pass(x, w, c0, s.params, covariance_type, c)
+        stats, _, _ = _e_pass(x, w, c0, s.params, covariance_type, c)
         ll = stats.ll_sum / jnp.sum(w)
         return GMMResult(s.params, ll, s.trace, s.n_iter, s.converged, s.n_reseeded)
 
@@ -892,8 +915,10 @@ def _fit_impl(
 
 _fit_jit = jax.jit(
     _fit_impl,
-    static_argnames=("k", "covariance_type", "init", "n_init", "max_iter", "chunk_size"),
-)
+    static_argnames=(
+        "k", "covariance_type", "init", "n_init", "max_iter", "chunk_size", "keep_resp",
+    ),
+)  # fmt: skip
 
 
 def fit(
@@ -978,6 +1003,10 @@ def fit(
         n_init=int(n_init),
         max_iter=int(max_iter),
         chunk_size=chunk,
+        # Keeping the [n, k] responsibilities between the E pass and the covariance pass
+        # saves recomputing the E-step; above the budget they are recomputed chunk by chunk
+        # so memory stays O(chunk) in n.
+        keep_resp=x.shape[0] * int(k) * int(n_init) <= KEEP_RESP_ELEMENTS,
     )
 
 

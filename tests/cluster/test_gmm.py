@@ -549,12 +549,27 @@ def _fit_temp_bytes(n, d, k, chunk, covariance_type, init):
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
-def test_fit_memory_is_bounded_by_the_chunk_not_n(covariance_type):
+def test_fit_memory_is_bounded_by_the_chunk_not_n(covariance_type, monkeypatch):
     """Independent check of the chunked passes: XLA's own buffer assignment. With the chunk
-    fixed, 4x the rows must not mean 4x the temporaries (a centred or padded copy of ``x``, or
-    ``[n, k]`` responsibilities kept between passes, would)."""
+    fixed and the responsibilities recomputed per chunk (above ``KEEP_RESP_ELEMENTS``), 4x the
+    rows must not mean 4x the temporaries (a centred or padded copy of ``x``, or ``[n, k]``
+    responsibilities kept between passes, would)."""
+    monkeypatch.setattr(gmm, "KEEP_RESP_ELEMENTS", 0)
     d, k, chunk = 32, 4, 1024
     small = _fit_temp_bytes(2**16, d, k, chunk, covariance_type, "params")
     large = _fit_temp_bytes(2**18, d, k, chunk, covariance_type, "params")
     x_growth = 4 * d * (2**18 - 2**16)
     assert large < 1.1 * small + 0.02 * x_growth, (small, large)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_fit_keeps_only_n_by_k_responsibilities_below_the_budget(covariance_type):
+    """Below the budget the kept responsibilities are the only per-row temporaries: the growth
+    from 2^16 to 2^18 rows is about ``4 k`` bytes a row, far below a copy of ``x`` (``4 d``)."""
+    d, k, chunk = 32, 4, 1024
+    assert 2**18 * k <= gmm.KEEP_RESP_ELEMENTS
+    small = _fit_temp_bytes(2**16, d, k, chunk, covariance_type, "params")
+    large = _fit_temp_bytes(2**18, d, k, chunk, covariance_type, "params")
+    rows = 2**18 - 2**16
+    assert large - small < 1.5 * 4 * k * rows + 0.1 * small, (small, large)
+    assert large - small > 0.5 * 4 * k * rows, (small, large)
