@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from mljax.config import parse
+from mljax.experiment import default_out_dir
 from mljax.nn import backprop, losses, models
 from mljax.results import atomic_write_json
 
@@ -39,7 +40,7 @@ class Config:
     """Tiny run (batch 8, few steps) for smoke tests."""
 
     out: str | None = None
-    """JSON file for the result rows (default: results/benchmarks/backprop.json)."""
+    """JSON file for the result rows (default: $MLJAX_RESULTS_DIR or results, then bench/backprop.json)."""
 
     batch: int = 200
     """Batch size (the seed-004 protocol: 200)."""
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [bench_model(name, run) for name in run.models]
     print(format_table(rows))
     print(f"(ratio = {ANCHOR} time / manual time; target ≥ 0.9. Device: {jax.devices()[0]})")
-    out = Path(config.out) if config.out else Path("results/benchmarks/backprop.json")
+    out = Path(config.out) if config.out else default_out_dir("bench") / "backprop.json"
     atomic_write_json(out, rows)
     print(f"rows written to {out}")
     return 0

@@ -46,6 +46,7 @@ import numpy as np
 from mljax.config import parse
 from mljax.data import toy
 from mljax.data.batches import epoch_batches
+from mljax.experiment import default_out_dir
 from mljax.nn import layers as L
 from mljax.nn import models
 from mljax.results import atomic_write_json
@@ -66,7 +67,7 @@ class Config:
     """Tiny run for smoke tests: small batches, few steps, 16 tiny Playground nets."""
 
     out: str | None = None
-    """JSON file for the result rows (default: results/benchmarks/train.json)."""
+    """JSON file for the result rows (default: $MLJAX_RESULTS_DIR or results, then bench/train.json)."""
 
     cases: tuple[str, ...] = CASES
     """Which cases to run: any of mlp, cnn_d, cnn_32_64, playground."""
@@ -500,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"difference| from the same initial weights and batches. JAX device: "
         f"{jax.devices()[0]}; PyTorch {torch.__version__}, {torch.get_num_threads()} threads)"
     )
-    out = Path(config.out) if config.out else Path("results/benchmarks/train.json")
+    out = Path(config.out) if config.out else default_out_dir("bench") / "train.json"
     atomic_write_json(out, rows)
     print(f"rows written to {out}")
     return 0

@@ -26,6 +26,13 @@ def test_quick_run_writes_rows(tmp_path, capsys):
     assert "| seed004 mlp_c" in capsys.readouterr().out
 
 
+def test_default_output_goes_where_make_bench_writes(tmp_path, monkeypatch):
+    """Without --out the rows land in $MLJAX_RESULTS_DIR/bench/, like `make bench`."""
+    monkeypatch.setenv("MLJAX_RESULTS_DIR", str(tmp_path))
+    assert bench.main(["--quick", "--models", "mlp_c"]) == 0
+    assert len(json.loads((tmp_path / "bench" / "backprop.json").read_text())) == 1
+
+
 def test_bad_option_is_an_error(capsys):
     assert bench.main(["--models", "resnet"]) == 2
     assert "--models" in capsys.readouterr().err
