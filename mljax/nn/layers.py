@@ -22,10 +22,11 @@ BatchNorm) is the submodule named ``layer_{i}`` with i the index in the tuple, s
 ``scale``/``bias`` (BatchNorm) and ``variables["batch_stats"][f"layer_{i}"]`` holds
 ``mean``/``var``. The manual engine in `mljax.nn.backprop` walks the same tuple and tree.
 
-Gradients: `LayerStack`'s Conv and MaxPool run the plain lax forward with a ``jax.custom_vjp``
-backward (`conv`: kernel gradient by im2col and one matmul for inputs with few channels,
-input gradient by the transposed convolution; `max_pool`: gradient routed to each window's first maximum by slices and selects),
-because XLA on CPU runs the generic backward (the kernel-gradient convolution and
+Gradients: `LayerStack`'s Conv and MaxPool have a ``jax.custom_vjp`` (`conv`: forward and
+kernel gradient as one im2col matmul for inputs with few channels, otherwise XLA's forward and
+one matmul per window offset for the kernel gradient; input gradient by the transposed
+convolution; `max_pool`: lax forward, gradient routed to each window's first maximum by slices
+and selects), because XLA on CPU runs the generic forms (the kernel-gradient convolution and
 select-and-scatter) several times slower. The values equal `jax.grad` of the plain forms
 `conv_lax` / `max_pool_lax` (tested). A ``custom_vjp`` has no forward mode: ``jax.jvp`` /
 ``jax.jacfwd`` through a Conv or MaxPool layer raise; differentiate `conv_lax` /
@@ -407,67 +408,101 @@ def conv_lax(x: jax.Array, kernel: jax.Array, strides, padding: str) -> jax.Arra
     )
 
 
-def im2col(x: jax.Array, kernel_size, strides, padding: str, out_hw) -> jax.Array:
-    """Patches of x [n, h, w, c] for a kernel of ``kernel_size``: [n, oh, ow, kh·kw·c].
-
-    The last axis is ordered (p, q, c) (row-major over the window, then channel), so that
-    ``patches.reshape(-1, kh·kw·c) @ W.reshape(kh·kw·c, f)`` is the convolution. Built from
-    kh·kw strided slices of the zero-padded input (no identity-kernel convolution).
-    """
+def window_slices(x: jax.Array, kernel_size, strides, padding: str, out_hw) -> list[jax.Array]:
+    """The kh·kw strided slices of the zero-padded x [n, h, w, c], one per window offset
+    (p, q) in row-major order, each [n, oh, ow, c]: ``y = Σ_pq slice_pq @ W[p, q]``."""
     (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_hw
     pads = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
     xp = lax.pad(
         x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0))
     )
     n, c = x.shape[0], x.shape[3]
-    cols = [
+    return [
         lax.slice(
             xp, (0, p, q, 0), (n, p + (oh - 1) * sh + 1, q + (ow - 1) * sw + 1, c), (1, sh, sw, 1)
         )
         for p in range(kh)
         for q in range(kw)
     ]
-    return jnp.concatenate(cols, axis=-1)
+
+
+def im2col(x: jax.Array, kernel_size, strides, padding: str, out_hw) -> jax.Array:
+    """Patches of x [n, h, w, c] for a kernel of ``kernel_size``: [n, oh, ow, kh·kw·c].
+
+    The last axis is ordered (p, q, c) (row-major over the window, then channel), so that
+    ``patches.reshape(-1, kh·kw·c) @ W.reshape(kh·kw·c, f)`` is the convolution. Built from
+    the kh·kw :func:`window_slices` of the zero-padded input (no identity-kernel convolution).
+    """
+    return jnp.concatenate(window_slices(x, kernel_size, strides, padding, out_hw), axis=-1)
+
+
+def conv_output_hw(in_hw, kernel_size, strides, padding: str) -> tuple[int, int]:
+    """Spatial output size of a convolution (as ``lax.conv_general_dilated``)."""
+    pads = lax.padtype_to_pads(in_hw, kernel_size, strides, padding)
+    return tuple(
+        (size + lo + hi - k) // st + 1
+        for size, (lo, hi), k, st in zip(in_hw, pads, kernel_size, strides, strict=True)
+    )
 
 
 IM2COL_MAX_PATCH = 16
-"""Largest patch width kh·kw·c for which :func:`conv`'s kernel gradient uses im2col."""
+"""Largest patch width kh·kw·c for which :func:`conv` runs as one im2col matmul (forward and
+kernel gradient)."""
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str) -> jax.Array:
-    """``x ⋆ W`` (as :func:`conv_lax`) with a custom backward pass that XLA CPU runs fast.
+    """``x ⋆ W`` (as :func:`conv_lax`) in the formulations that XLA CPU runs fastest.
 
-    Backward (a ``jax.custom_vjp``), with g = dL/dy [n, oh, ow, f]:
+    With g = dL/dy [n, oh, ow, f] and the kh·kw :func:`window_slices` X_pq of x:
 
-        dW = im2col(x)ᵀ g      one [kh·kw·c, n·oh·ow] × [n·oh·ow, f] matmul, when the patch
-                               width kh·kw·c ≤ IM2COL_MAX_PATCH (few input channels, e.g. the
-                               first layer on images); otherwise XLA's own kernel gradient
+        narrow patches (kh·kw·c ≤ IM2COL_MAX_PATCH, e.g. a first layer on images):
+            y  = im2col(x) W                one [n·oh·ow, kh·kw·c] × [kh·kw·c, f] matmul
+            dW = im2col(x)ᵀ g               one matmul
+        wider patches:
+            y  = conv_lax(x, W)             XLA's own convolution
+            dW[p, q] = X_pqᵀ g              kh·kw matmuls [c, n·oh·ow] × [n·oh·ow, f]
         dx = conv_lax's own input gradient (a transposed convolution of g with W)
 
-    Measured here (batch 200, 3×3 SAME, jax 0.10 CPU): the kernel gradient of a 1-channel
-    28×28 input to 32 filters took 12.6 ms through XLA and 4.9 ms by im2col, but with 16 or
-    32 input channels im2col was 2-7× slower than XLA, hence the threshold.
+    Measured here (batch 200, 3×3 SAME, jax 0.10.2 CPU, ms): forward of a 1-channel 28×28
+    input to 16 filters 5.6 through XLA vs 1.9-2.6 by im2col (to 32 filters about even);
+    kernel gradient of a 1-channel input to 32 filters 14.8 (XLA) vs 4.9 (im2col) vs 14.3
+    (per-offset matmuls); with 16 channels to 16 filters at 14×14: 6.4 (XLA) vs 4.8 (im2col)
+    vs 4.0 (per-offset); 32 channels to 64 filters at 14×14: 77 (XLA) vs 77 (im2col) vs 32
+    (per-offset). XLA's own forward stayed fastest for the wider patches (1.9 and 19 ms vs
+    6-7 and 45-57 by im2col).
 
     ``jax.custom_vjp`` supports reverse mode (``grad``/``vjp``) and ``vmap`` only: forward
     mode (``jvp``, ``jacfwd``) through this function raises; use :func:`conv_lax` there.
     """
-    return conv_lax(x, kernel, strides, padding)
+    return _conv_forward(x, kernel, strides, padding)
+
+
+def _conv_forward(x, kernel, strides, padding):
+    kh, kw, c, f = kernel.shape
+    if kh * kw * c > IM2COL_MAX_PATCH:
+        return conv_lax(x, kernel, strides, padding)
+    out_hw = conv_output_hw(x.shape[1:3], (kh, kw), tuple(strides), padding)
+    patches = im2col(x, (kh, kw), strides, padding, out_hw)
+    y = jnp.matmul(patches.reshape(-1, kh * kw * c), kernel.reshape(kh * kw * c, f))
+    return y.reshape(x.shape[0], *out_hw, f)
 
 
 def _conv_fwd(x, kernel, strides, padding):
-    return conv_lax(x, kernel, strides, padding), (x, kernel)
+    return _conv_forward(x, kernel, strides, padding), (x, kernel)
 
 
 def _conv_bwd(strides, padding, res, g):
     x, kernel = res
     kh, kw, c, f = kernel.shape
-    _, vjp = jax.vjp(lambda a, w: conv_lax(a, w, strides, padding), x, kernel)
-    if kh * kw * c > IM2COL_MAX_PATCH:
-        return vjp(g)  # XLA's kernel gradient; dead code elimination drops unused parts
-    (dx, _) = vjp(g)
-    patches = im2col(x, (kh, kw), strides, padding, g.shape[1:3])
-    dk = jnp.matmul(patches.reshape(-1, kh * kw * c).T, g.reshape(-1, f))
+    _, vjp_x = jax.vjp(lambda a: conv_lax(a, kernel, strides, padding), x)
+    (dx,) = vjp_x(g)  # dropped by dead-code elimination where x needs no gradient
+    slices = window_slices(x, (kh, kw), strides, padding, g.shape[1:3])
+    gf = g.reshape(-1, f)
+    if kh * kw * c <= IM2COL_MAX_PATCH:
+        dk = jnp.matmul(jnp.concatenate(slices, axis=-1).reshape(-1, kh * kw * c).T, gf)
+    else:
+        dk = jnp.stack([jnp.matmul(xs.reshape(-1, c).T, gf) for xs in slices])
     return dx, dk.reshape(kh, kw, c, f).astype(kernel.dtype)
 
 

@@ -238,7 +238,8 @@ def test_conv_vjp_cases_cover_both_kernel_gradient_paths():
 @pytest.mark.parametrize("case", CONV_VJP_CASES, ids=str)
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_conv_custom_vjp_matches_lax_grad(case, jit):
-    """im2col kernel gradient and transposed-conv input gradient = jax.grad of the lax conv."""
+    """im2col / per-offset forward and kernel gradient and the transposed-conv input gradient
+    = the lax conv and its jax.grad."""
     n, h, w, c, f, k, s, pad = case
     rng = np.random.default_rng(sum(case[:5]))
     x = jnp.asarray(rng.normal(size=(n, h, w, c)))
