@@ -28,9 +28,10 @@ and, at the output z (n = batch size):
     binary cross-entropy         dz = (sigmoid(z) - t) / n
     λ₂‖W‖² (no ½), λ₁Σ|W|        dW += 2 λ₂ W + λ₁ sign(W)   (kernels only)
 
-The convolutions in the conv rule call `lax.conv_general_dilated` (the forward primitive, with
-lhs/rhs dilation spelling out the formula), never `jax.grad`, `jax.vjp` or
-`jax.linear_transpose`. `grads` returns a parameter-gradient tree with the structure of
+The conv rule's input gradient calls `lax.conv_general_dilated` (the forward primitive, with
+lhs dilation spelling out the formula) and its kernel gradient is the sum above as matmuls over
+the strided slices of the padded input (`mljax.nn.layers.conv_kernel_grad`), never `jax.grad`,
+`jax.vjp` or `jax.linear_transpose`. `grads` returns a parameter-gradient tree with the structure of
 ``jax.grad``'s on the same flax parameters, the per-layer deltas and the loss; it is pure, so
 ``jax.jit`` and ``jax.vmap`` apply at the call site.
 """
@@ -59,14 +60,14 @@ from mljax.nn.layers import (
     Layer,
     MaxPool,
     apply_parameter_free,
+    conv,
+    conv_kernel_grad,
     dropout_masks,
     is_active_dropout,
     layer_name,
     layer_shapes,
     validate_layers,
 )
-
-_CONV_DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 class Backprop(NamedTuple):
@@ -134,29 +135,21 @@ def _conv_geometry(layer: Conv, in_hw: Sequence[int], out_hw: Sequence[int]):
 
 
 def conv_forward(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, layer: Conv):
-    """y = x ⋆ W + b: x [n, h, w, c], W [kh, kw, c, f] -> y [n, oh, ow, f]."""
-    y = lax.conv_general_dilated(
-        x, kernel, layer.strides, layer.padding, dimension_numbers=_CONV_DIMS
-    )
+    """y = x ⋆ W + b: x [n, h, w, c], W [kh, kw, c, f] -> y [n, oh, ow, f] (the forward of
+    :func:`mljax.nn.layers.conv`: one im2col matmul for narrow patches, else the lax conv)."""
+    y = conv(x, kernel, tuple(layer.strides), layer.padding)
     return y if bias is None else y + bias
 
 
 def conv_backward_kernel(x: jax.Array, g: jax.Array, layer: Conv) -> jax.Array:
-    """dW = valid cross-correlation of the padded input with g dilated by the stride.
+    """dW[p, q, c, f] = Σ_{n,i,j} x̃[n, s_h i + p, s_w j + q, c] · g[n, i, j, f].
 
-    dW[p, q, c, f] = Σ_{n,i,j} x̃[n, s_h i + p, s_w j + q, c] · g[n, i, j, f]: the batch axis is
-    the contracted "feature" axis, the input channel plays the batch, g is the kernel.
+    The sum written out as one matmul per window offset (p, q) over the strided slice of the
+    padded input (one im2col matmul for narrow patches): :func:`mljax.nn.layers.conv_kernel_grad`,
+    which the Conv layer's custom VJP also uses; both are tested against XLA's autodiff of the
+    plain lax convolution.
     """
-    geometry = _conv_geometry(layer, x.shape[1:3], g.shape[1:3])
-    padding = [(lo, hi - r) for lo, hi, r in geometry]
-    return lax.conv_general_dilated(
-        x,
-        g,
-        (1, 1),
-        padding,
-        rhs_dilation=layer.strides,
-        dimension_numbers=("CHWN", "IHWO", "HWNC"),
-    )
+    return conv_kernel_grad(x, g, layer.kernel_size, layer.strides, layer.padding)
 
 
 def conv_backward_input(g: jax.Array, kernel: jax.Array, layer: Conv, in_hw: Sequence[int]):

@@ -492,18 +492,30 @@ def _conv_fwd(x, kernel, strides, padding):
     return _conv_forward(x, kernel, strides, padding), (x, kernel)
 
 
-def _conv_bwd(strides, padding, res, g):
-    x, kernel = res
-    kh, kw, c, f = kernel.shape
-    _, vjp_x = jax.vjp(lambda a: conv_lax(a, kernel, strides, padding), x)
-    (dx,) = vjp_x(g)  # dropped by dead-code elimination where x needs no gradient
-    slices = window_slices(x, (kh, kw), strides, padding, g.shape[1:3])
+def conv_kernel_grad(x: jax.Array, g: jax.Array, kernel_size, strides, padding: str):
+    """dW [kh, kw, c, f] of ``y = x ⋆ W`` for the output gradient g [n, oh, ow, f]:
+
+        dW[p, q, c, f] = Σ_{n,i,j} x̃[n, s_h i + p, s_w j + q, c] · g[n, i, j, f]
+
+    (x̃ = x zero-padded), i.e. ``X_pqᵀ g`` for each window offset's slice X_pq: one matmul per
+    offset, or one im2col matmul when kh·kw·c ≤ IM2COL_MAX_PATCH (see :func:`conv`)."""
+    kh, kw = kernel_size
+    c, f = x.shape[-1], g.shape[-1]
+    slices = window_slices(x, (kh, kw), tuple(strides), padding, g.shape[1:3])
     gf = g.reshape(-1, f)
     if kh * kw * c <= IM2COL_MAX_PATCH:
         dk = jnp.matmul(jnp.concatenate(slices, axis=-1).reshape(-1, kh * kw * c).T, gf)
     else:
         dk = jnp.stack([jnp.matmul(xs.reshape(-1, c).T, gf) for xs in slices])
-    return dx, dk.reshape(kh, kw, c, f).astype(kernel.dtype)
+    return dk.reshape(kh, kw, c, f)
+
+
+def _conv_bwd(strides, padding, res, g):
+    x, kernel = res
+    _, vjp_x = jax.vjp(lambda a: conv_lax(a, kernel, strides, padding), x)
+    (dx,) = vjp_x(g)  # dropped by dead-code elimination where x needs no gradient
+    dk = conv_kernel_grad(x, g, kernel.shape[:2], strides, padding)
+    return dx, dk.astype(kernel.dtype)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
