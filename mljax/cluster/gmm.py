@@ -27,9 +27,10 @@ diagonal variance.
 In :func:`fit` both steps run over fixed-size chunks of the data read in place
 (``lax.dynamic_slice``; the last chunk is shifted back to end at row ``n`` and its rows already
 seen are masked by a zero weight), so neither a padded nor a centred copy of ``x`` is made and
-the working memory is ``O(chunk × k × d)`` whatever ``n``: no ``[n, k]`` responsibilities are
-kept between the passes (the covariance pass recomputes each chunk's responsibilities from the
-E-step parameters), and the worst-explained points are a running top-k. Each chunk is centred on
+the working memory is ``O(chunk × k × d)`` plus the E-step's ``[n, k]`` responsibilities,
+which are kept for the covariance pass while ``n × k × n_init <= KEEP_RESP_ELEMENTS`` and above
+that recomputed chunk by chunk from the E-step parameters (memory then independent of ``n``);
+the worst-explained points are a running top-k. Each chunk is centred on
 the data mean as it is read, which keeps the matmul form of the E-step accurate in float32.
 
 Degeneracy: a component whose weight falls below machine epsilon, or whose covariance is not
@@ -381,7 +382,7 @@ def _cov_pass(x, w, c0, c: int, rw_fn, means, covariance_type: str):
     """Second-order statistics around ``means``: ``sum_n w_n r_nk (x_n - mu_k)(...)``.
 
     The responsibilities of each chunk come from ``rw_fn(xc, wc, start) -> [c, k]`` (in EM:
-    recomputed from the E-step parameters, so no ``[n, k]`` array is kept between passes).
+    sliced from the kept ``[n, k]`` array, or recomputed from the E-step parameters).
     Returns ``[k, d, d]`` (full / tied) or ``[k, d]`` (diag / spherical), unnormalised.
     """
     k, d = means.shape
@@ -824,12 +825,15 @@ def _em(params0, x, w, c0, tol, hyper, reset_cov, *, covariance_type, max_iter, 
         )
         ll = stats.ll_sum / wsum
         nk = stats.nk + 10 * eps
-        prep = _prepare(s.params, covariance_type)
+        if keep_resp:
 
-        def rw_fn(xc, wc, start):  # the E-step's responsibilities, kept or recomputed
-            if keep_resp:
-                return lax.dynamic_slice_in_dim(kept, start, xc.shape[0], axis=0) * wc[:, None]
-            return _resp(xc, wc, prep, covariance_type)[0]
+            def rw_fn(xc, wc, start):  # the E-step's responsibilities, kept
+                return lax.dynamic_slice_in_dim(kept, start, c, axis=0) * wc[:, None]
+        else:
+            prep = _prepare(s.params, covariance_type)
+
+            def rw_fn(xc, wc, start):  # the E-step's responsibilities, recomputed
+                return _resp(xc, wc, prep, covariance_type)[0]
 
         acc = _cov_pass(x, w, c0, c, rw_fn, stats.sx / nk[:, None], covariance_type)
         new = _finish_m_step(stats, acc, covariance_type, reg_covar, min_variance)

@@ -501,12 +501,12 @@ def conv_kernel_grad(x: jax.Array, g: jax.Array, kernel_size, strides, padding: 
     offset, or one im2col matmul when kh·kw·c ≤ IM2COL_MAX_PATCH (see :func:`conv`)."""
     kh, kw = kernel_size
     c, f = x.shape[-1], g.shape[-1]
-    slices = window_slices(x, (kh, kw), tuple(strides), padding, g.shape[1:3])
+    geometry = ((kh, kw), tuple(strides), padding, g.shape[1:3])
     gf = g.reshape(-1, f)
     if kh * kw * c <= IM2COL_MAX_PATCH:
-        dk = jnp.matmul(jnp.concatenate(slices, axis=-1).reshape(-1, kh * kw * c).T, gf)
+        dk = jnp.matmul(im2col(x, *geometry).reshape(-1, kh * kw * c).T, gf)
     else:
-        dk = jnp.stack([jnp.matmul(xs.reshape(-1, c).T, gf) for xs in slices])
+        dk = jnp.stack([jnp.matmul(xs.reshape(-1, c).T, gf) for xs in window_slices(x, *geometry)])
     return dk.reshape(kh, kw, c, f)
 
 
