@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from mljax.config import enable_compilation_cache, parse
+from mljax.malloc_tuning import reexec_with_tuned_malloc
 from mljax.results import RunDir
 
 DEFAULT_RESULTS_DIR = "results"
@@ -150,8 +151,14 @@ def execute(module: ModuleType, config: Any) -> tuple[dict[str, Any], RunDir]:
 
 
 def cli_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m experiments.<name>``: parse, run, say where results are."""
+    """Entry point of ``python -m experiments.<name>``: parse, run, say where results are.
+
+    Run as a script (the module is ``__main__``), the command first re-executes itself with
+    glibc malloc tunables (:func:`mljax.malloc_tuning.reexec_with_tuned_malloc`).
+    """
     _check_module(module)
+    if module.__name__ == "__main__":
+        reexec_with_tuned_malloc()
     doc = (module.__doc__ or "").strip()
     try:
         config = parse(
