@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from mljax.config import parse
-from mljax.experiment import default_out_dir
+from mljax.experiment import default_out_dir, markdown_table
 from mljax.malloc_tuning import reexec_with_tuned_malloc
 from mljax.nn import backprop, losses, models
 from mljax.results import atomic_write_json
@@ -160,17 +160,21 @@ def bench_model(name: str, config: Config) -> dict:
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    lines = [
-        "| case | ours (manual) s/step | anchor | anchor s/step | ratio | compile s (ours / anchor) | max rel. grad diff |",
-        "|---|---:|---|---:|---:|---:|---:|",
+    header = ["case", "ours (manual) s/step", "anchor", "anchor s/step", "ratio",
+              "compile s (ours / anchor)", "max rel. grad diff"]  # fmt: skip
+    body = [
+        [
+            r["case"],
+            f"{r['ours_s'] * 1e3:.2f} ms",
+            r["anchor"],
+            f"{r['anchor_s'] * 1e3:.2f} ms",
+            f"{r['ratio']:.2f}",
+            f"{r['compile_s']:.2f} / {r['anchor_compile_s']:.2f}",
+            f"{r['agreement']:.1e}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['case']} | {r['ours_s'] * 1e3:.2f} ms | {r['anchor']} | "
-            f"{r['anchor_s'] * 1e3:.2f} ms | {r['ratio']:.2f} | "
-            f"{r['compile_s']:.2f} / {r['anchor_compile_s']:.2f} | {r['agreement']:.1e} |"
-        )
-    return "\n".join(lines)
+    return "\n".join(markdown_table(header, body, align="lrlrrrr"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

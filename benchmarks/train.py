@@ -46,7 +46,7 @@ import numpy as np
 from mljax.config import parse
 from mljax.data import toy
 from mljax.data.batches import epoch_batches
-from mljax.experiment import default_out_dir
+from mljax.experiment import default_out_dir, markdown_table
 from mljax.malloc_tuning import reexec_with_tuned_malloc
 from mljax.nn import layers as L
 from mljax.nn import models
@@ -471,16 +471,21 @@ def bench_playground(run: Config) -> dict:
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    lines = [
-        "| case | ours s | anchor | anchor s | ratio (anchor / ours) | compile s | agreement |",
-        "|---|---:|---|---:|---:|---:|---:|",
+    header = ["case", "ours s", "anchor", "anchor s", "ratio (anchor / ours)", "compile s",
+              "agreement"]  # fmt: skip
+    body = [
+        [
+            r["case"],
+            f"{r['ours_s']:.3f}",
+            r["anchor"],
+            f"{r['anchor_s']:.3f}",
+            f"{r['ratio']:.2f}",
+            f"{r['compile_s']:.2f}",
+            f"{r['agreement']:.1e}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['case']} | {r['ours_s']:.3f} | {r['anchor']} | {r['anchor_s']:.3f} | "
-            f"{r['ratio']:.2f} | {r['compile_s']:.2f} | {r['agreement']:.1e} |"
-        )
-    return "\n".join(lines)
+    return "\n".join(markdown_table(header, body, align="lrlrrrr"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

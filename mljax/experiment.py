@@ -102,15 +102,23 @@ def render_report(title: str, rows: Sequence[ReportRow], *, preamble: str = "") 
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """A GitHub markdown table as a list of lines (``|`` inside cells is escaped)."""
+def markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None
+) -> list[str]:
+    """A GitHub markdown table as a list of lines (``|`` inside cells is escaped).
+
+    ``align``: one letter per column, ``l`` (default) or ``r`` (numbers), e.g. ``"lrlr"``.
+    """
+    if align is not None and (len(align) != len(header) or set(align) - {"l", "r"}):
+        raise ValueError(f"align must be one of l/r per column ({len(header)}), got {align!r}")
 
     def cell(v: Any) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
+    rules = ["---:" if a == "r" else "---" for a in (align or "l" * len(header))]
     out = [
         "| " + " | ".join(cell(h) for h in header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
+        "|" + "|".join(rules) + "|",
     ]
     out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return out

@@ -171,3 +171,13 @@ def test_summarize_and_format():
     }
     assert format_mean_std(0.53812, 0.01234) == "0.538 ± 0.012"
     assert format_mean_std(float("nan")) == "n/a"
+
+
+def test_markdown_table_aligns_numbers_right_and_escapes_pipes():
+    from mljax.experiment import markdown_table
+
+    lines = markdown_table(["name", "value"], [["a|b", 1.5]], align="lr")
+    assert lines == ["| name | value |", "|---|---:|", "| a\\|b | 1.5 |"]
+    assert markdown_table(["x"], [[1]])[1] == "|---|"
+    with pytest.raises(ValueError, match="align"):
+        markdown_table(["x", "y"], [], align="lc")
