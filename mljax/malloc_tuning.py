@@ -80,6 +80,11 @@ def _opted_out() -> bool:
     return value in ("0", "false", "no", "off")
 
 
+def _left_to_user() -> bool:
+    """Opted out (``MLJAX_MALLOC_TUNING=0``), or malloc settings already in the environment."""
+    return _opted_out() or any(name in os.environ for name in _USER_SETTINGS)
+
+
 def _glibc():
     """libc as a ctypes library if this is Linux with glibc, else None."""
     if not sys.platform.startswith("linux"):
@@ -97,12 +102,10 @@ def tune_malloc() -> bool:
     global applied
     if applied:
         return True
-    if _opted_out():
-        return False
-    if os.environ.get("GLIBC_TUNABLES") == GLIBC_TUNABLES_VALUE:
+    if not _opted_out() and os.environ.get("GLIBC_TUNABLES") == GLIBC_TUNABLES_VALUE:
         applied = True  # started by reexec_with_tuned_malloc (or with the same tunables)
         return True
-    if any(name in os.environ for name in _USER_SETTINGS):
+    if _left_to_user():
         return False
     libc = _glibc()
     if libc is None:
@@ -127,9 +130,7 @@ def reexec_with_tuned_malloc() -> None:
     process was already re-executed, off glibc, when the command line is not known, or for
     ``-h`` / ``--help``.
     """
-    if _opted_out() or os.environ.get(REEXEC_MARK):
-        return
-    if any(name in os.environ for name in _USER_SETTINGS):
+    if os.environ.get(REEXEC_MARK) or _left_to_user():
         return
     argv = getattr(sys, "orig_argv", None)
     if not argv or not sys.executable or _glibc() is None:
