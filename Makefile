@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test test-x64 lint format bench install clean
+.PHONY: demo test test-fast test-x64 lint format bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ demo: $(VENV)/.installed-base
 	$(PY) -m experiments.reproduce --quick --out results/reproduce
 	@echo "Report: results/reproduce/REPORT.md (each experiment's figures in results/reproduce/<name>/)"
 
+# The whole suite (CI runs this), printing the 15 slowest tests.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS) --durations=15
+
+# Everything but the slow tier (tests marked `slow`): the suite to run while you work.
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
 
 # The whole suite with 64-bit floats enabled everywhere (gradient and EM tests already use x64).
 test-x64: $(VENV)/.installed-test

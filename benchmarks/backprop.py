@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from mljax.config import parse
 from mljax.experiment import default_out_dir, markdown_table
-from mljax.malloc_tuning import reexec_with_tuned_malloc
+from mljax.malloc_tuning import tune_for_command_line
 from mljax.nn import backprop, losses, models
 from mljax.results import atomic_write_json
 
@@ -195,5 +195,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_tuned_malloc()  # huge pages for XLA's per-call buffers (mljax.malloc_tuning)
+    tune_for_command_line()  # malloc settings for XLA's per-call buffers (mljax.malloc_tuning)
     raise SystemExit(main())

@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks.peak import matmul_peak_gflops
 from mljax.cluster import gmm
-from mljax.malloc_tuning import reexec_with_tuned_malloc
+from mljax.malloc_tuning import tune_for_command_line
 from mljax.results import atomic_write_json
 
 CASES = [
@@ -271,5 +271,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_tuned_malloc()  # huge pages for XLA's per-call buffers (mljax.malloc_tuning)
+    tune_for_command_line()  # malloc settings for XLA's per-call buffers (mljax.malloc_tuning)
     raise SystemExit(main())

@@ -22,7 +22,7 @@ from sklearn.cluster import KMeans
 from benchmarks.peak import matmul_peak_gflops
 from mljax.cluster import kmeans
 from mljax.experiment import markdown_table
-from mljax.malloc_tuning import reexec_with_tuned_malloc
+from mljax.malloc_tuning import tune_for_command_line
 from mljax.results import atomic_write_json
 
 # name, n, d, k, iterations, n_init
@@ -137,5 +137,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_tuned_malloc()  # huge pages for XLA's per-call buffers (mljax.malloc_tuning)
+    tune_for_command_line()  # malloc settings for XLA's per-call buffers (mljax.malloc_tuning)
     raise SystemExit(main())

@@ -19,7 +19,7 @@ import experiments
 from mljax.config import enable_compilation_cache, parse
 from mljax.data.images import DatasetNotFoundError
 from mljax.experiment import ReportRow, execute, markdown_table
-from mljax.malloc_tuning import reexec_with_tuned_malloc
+from mljax.malloc_tuning import tune_for_command_line
 from mljax.results import atomic_write_text
 
 NAME = "reproduce"
@@ -162,5 +162,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_tuned_malloc()  # huge pages for XLA's per-call buffers (mljax.malloc_tuning)
+    tune_for_command_line()  # malloc settings for XLA's per-call buffers (mljax.malloc_tuning)
     raise SystemExit(main())

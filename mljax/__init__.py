@@ -6,12 +6,9 @@ Sub-packages:
     mljax.plots    matplotlib (Agg) figures written as PNG
     mljax.config   command lines generated from frozen dataclass configs
 
-Importing mljax tunes glibc malloc for XLA:CPU (see mljax.malloc_tuning; MLJAX_MALLOC_TUNING=0
-turns it off).
+Importing mljax changes no process state. The command-line entry points tune glibc malloc for
+XLA:CPU; in your own program, opt in with ``mljax.malloc_tuning.tune_malloc()`` (see
+mljax.malloc_tuning).
 """
 
 __version__ = "0.1.0"
-
-from mljax.malloc_tuning import tune_malloc as _tune_malloc
-
-_tune_malloc()  # keeps XLA:CPU's per-call buffers off mmap; MLJAX_MALLOC_TUNING=0 to opt out

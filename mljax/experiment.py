@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from mljax.config import enable_compilation_cache, parse
-from mljax.malloc_tuning import reexec_with_tuned_malloc
+from mljax.malloc_tuning import tune_for_command_line
 from mljax.results import RunDir
 
 DEFAULT_RESULTS_DIR = "results"
@@ -162,11 +162,11 @@ def cli_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m experiments.<name>``: parse, run, say where results are.
 
     Run as a script (the module is ``__main__``), the command first re-executes itself with
-    glibc malloc tunables (:func:`mljax.malloc_tuning.reexec_with_tuned_malloc`).
+    glibc malloc tunables (:func:`mljax.malloc_tuning.tune_for_command_line`).
     """
     _check_module(module)
     if module.__name__ == "__main__":
-        reexec_with_tuned_malloc()
+        tune_for_command_line()
     doc = (module.__doc__ or "").strip()
     try:
         config = parse(

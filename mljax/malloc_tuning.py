@@ -22,11 +22,10 @@ glibc defaults                         36-44                  (not timed)
 + ``GLIBC_TUNABLES`` (huge pages)      16-21; < 0.01 k        111-115; 0.2-0.3 k
 =====================================  =====================  =======================
 
-1. :func:`tune_malloc` (called once by ``import mljax``) uses ``mallopt``: mmap threshold
+1. :func:`tune_malloc` uses ``mallopt``: mmap threshold
    256 MiB, trim threshold 1 GiB, top pad 64 MiB (so empty worker heaps are kept). It cannot
    reach a buffer that only fits in an ``mmap`` of its own.
-2. :func:`reexec_with_tuned_malloc` (called by the ``python -m experiments.*`` and
-   ``python -m benchmarks.*`` entry points) re-executes the command once with
+2. :func:`reexec_with_tuned_malloc` re-executes the command once with
    ``GLIBC_TUNABLES`` = :data:`GLIBC_TUNABLES_VALUE`: the same settings plus
    ``glibc.malloc.hugetlb=1``, with which glibc asks for transparent huge pages on its mmaps and
    heap, so even a buffer mapped afresh at every call faults in 2 MiB at a time. glibc reads
@@ -34,6 +33,12 @@ glibc defaults                         36-44                  (not timed)
    and ``import jax`` (about 1.5 s). In your own scripts, export that ``GLIBC_TUNABLES`` before
    starting Python. (``MALLOC_ARENA_MAX=1`` also removed the faults but made CNN (d) slower,
    22-29 ms: the worker threads queue on the one arena's lock.)
+
+``import mljax`` changes neither: a library must not change process-wide allocator settings.
+The ``python -m experiments.*`` and ``python -m benchmarks.*`` entry points call
+:func:`tune_for_command_line` (both layers). In your own program, opt in with one line at
+its start, ``mljax.malloc_tuning.tune_malloc()`` (in-process settings only), or export
+:data:`GLIBC_TUNABLES_VALUE` as ``GLIBC_TUNABLES`` before starting Python (both layers).
 
 The cost: up to 1 GiB of freed memory may stay in the process for reuse instead of going back
 to the kernel, and huge pages round mappings up to 2 MiB. ``MLJAX_MALLOC_TUNING=0`` keeps
@@ -119,6 +124,14 @@ def tune_malloc() -> bool:
         and mallopt(M_TOP_PAD, TOP_PAD) == 1
     )
     return applied
+
+
+def tune_for_command_line() -> bool:
+    """Both layers, for a command-line entry point (call it first under ``if __name__ ==
+    "__main__":``): re-executes with ``GLIBC_TUNABLES`` where it can, else applies the
+    in-process settings; returns whether tuning is in effect."""
+    reexec_with_tuned_malloc()
+    return tune_malloc()
 
 
 def reexec_with_tuned_malloc() -> None:

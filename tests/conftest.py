@@ -12,6 +12,11 @@ import jax
 import pytest
 
 from mljax.config import enable_compilation_cache
+from mljax.malloc_tuning import tune_malloc
+
+# The suite opts in to the allocator settings the command-line entry points use (import mljax
+# does not change them): XLA:CPU's per-call buffers stop page-faulting.
+tune_malloc()
 
 # Compiled programs are kept between test runs and shared by the xdist workers and by the
 # subprocesses some tests start (they inherit the variable): compiling dominates this suite.

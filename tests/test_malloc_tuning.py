@@ -1,6 +1,7 @@
-"""`import mljax` keeps large freed buffers in the process (glibc mallopt), so repeated
+"""`tune_malloc()` keeps large freed buffers in the process (glibc mallopt), so repeated
 allocations of the same size stop page-faulting, also in worker threads; the command-line
-entry points re-execute themselves with GLIBC_TUNABLES (huge pages for what must be mmap-ed).
+entry points re-execute themselves with GLIBC_TUNABLES (huge pages for what must be mmap-ed);
+a plain `import mljax` changes nothing.
 Reference: the kernel's own minor-fault counter (getrusage) in fresh subprocesses, with and
 without the tuning."""
 
@@ -20,6 +21,8 @@ import ctypes, json, os, resource
 import mljax
 from mljax import malloc_tuning
 import sys, threading
+if TUNE:
+    malloc_tuning.tune_malloc()
 MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 40
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -55,14 +58,14 @@ glibc = pytest.mark.skipif(
 )
 
 
-def _probe(*args, reexec=False, tmp_path=None, **env_overrides):
+def _probe(*args, reexec=False, tune=True, tmp_path=None, **env_overrides):
     """Runs PROBE in a fresh interpreter; with ``reexec`` as a script that calls
     reexec_with_tuned_malloc after its first report (each process prints one JSON line)."""
     env = {k: v for k, v in os.environ.items() if k not in malloc_tuning._USER_SETTINGS}
     for name in ("MLJAX_MALLOC_TUNING", malloc_tuning.REEXEC_MARK):
         env.pop(name, None)
     env.update(env_overrides)
-    source = f"REEXEC = {reexec}\n" + PROBE
+    source = f"REEXEC = {reexec}\nTUNE = {tune}\n" + PROBE
     if reexec:
         script = tmp_path / "probe.py"
         script.write_text(source)
@@ -74,10 +77,13 @@ def _probe(*args, reexec=False, tmp_path=None, **env_overrides):
 
 
 @glibc
-def test_import_stops_page_faults_on_repeated_large_allocations():
+def test_tune_malloc_stops_page_faults_on_repeated_large_allocations():
     [tuned] = _probe()
     [default] = _probe(MLJAX_MALLOC_TUNING="0")
-    assert tuned["applied"] and not default["applied"]
+    [imported] = _probe(tune=False)  # import mljax alone must leave glibc's defaults
+    assert tuned["applied"] and not default["applied"] and not imported["applied"]
+    assert imported["faults"] >= 20 * (40 << 8) // 2, imported
+    assert imported["worker_faults"] >= 20 * (40 << 8) // 2, imported
     # glibc's default mmaps each 40 MiB buffer afresh: one fault per 4 KiB page.
     assert default["faults"] >= 20 * (40 << 8) // 2, default
     assert tuned["faults"] < default["faults"] / 10, (tuned, default)
