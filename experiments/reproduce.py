@@ -18,7 +18,7 @@ from pathlib import Path
 import experiments
 from mljax.config import enable_compilation_cache, parse
 from mljax.data.images import DatasetNotFoundError
-from mljax.experiment import ReportRow, execute, markdown_table
+from mljax.experiment import ReportRow, execute, figure_links, markdown_table, run_figures
 from mljax.malloc_tuning import tune_for_command_line
 from mljax.results import atomic_write_text
 
@@ -58,6 +58,7 @@ class Outcome:
     seconds: float
     rows: list[ReportRow]
     reason: str = ""
+    figures: tuple[str, ...] = ()  # PNG paths relative to REPORT.md
 
 
 def run_one(info: experiments.ExperimentInfo, config: Config) -> Outcome:
@@ -69,9 +70,10 @@ def run_one(info: experiments.ExperimentInfo, config: Config) -> Outcome:
         if config.seeds is not None:
             overrides["seeds"] = config.seeds
         exp_config = dataclasses.replace(module.Config(), **overrides)
-        metrics, _ = execute(module, exp_config)
+        metrics, run_dir = execute(module, exp_config)
         rows = list(module.report_rows(metrics))
-        return Outcome(info.name, "ok", time.perf_counter() - start, rows)
+        figures = tuple(f"{info.name}/{name}" for name in run_figures(run_dir))
+        return Outcome(info.name, "ok", time.perf_counter() - start, rows, figures=figures)
     except DatasetNotFoundError as e:
         first = str(e).splitlines()[0]
         return Outcome(info.name, "skipped", time.perf_counter() - start, [], first)
@@ -118,6 +120,8 @@ def render(outcomes: Sequence[Outcome], config: Config, total_s: float) -> str:
         else:
             table.append([o.name, "(not run)", "—", "—", f"{o.status}: {o.reason}"])
     lines += markdown_table(["experiment", "figure", "source report", "ours", "note"], table)
+    for o in outcomes:
+        lines += figure_links(o.figures, heading=f"## {o.name}")
     return "\n".join(lines) + "\n"
 
 

@@ -90,8 +90,21 @@ def default_out_dir(name: str) -> Path:
     return Path(os.environ.get("MLJAX_RESULTS_DIR", DEFAULT_RESULTS_DIR)) / name
 
 
-def render_report(title: str, rows: Sequence[ReportRow], *, preamble: str = "") -> str:
-    """Markdown for one experiment's ``report.md``."""
+def render_report(
+    title: str,
+    rows: Sequence[ReportRow],
+    *,
+    preamble: str = "",
+    figures: Sequence[str] = (),
+) -> str:
+    """Markdown for one experiment's ``report.md``.
+
+    Args:
+        title: the heading.
+        rows: the table, ours beside the source report's numbers.
+        preamble: markdown placed above the table.
+        figures: image paths relative to the report, shown inline below the table.
+    """
     lines = [f"# {title}", ""]
     if preamble:
         lines += [preamble.strip(), ""]
@@ -99,7 +112,23 @@ def render_report(title: str, rows: Sequence[ReportRow], *, preamble: str = "") 
         ["figure", "source report", "ours", "note"],
         [[r.figure, r.seed_value, r.ours, r.note] for r in rows],
     )
+    lines += figure_links(figures)
     return "\n".join(lines) + "\n"
+
+
+def figure_links(figures: Sequence[str], heading: str = "## Figures") -> list[str]:
+    """Markdown lines showing each image inline (``![stem](path)``), under ``heading``."""
+    if not figures:
+        return []
+    lines = ["", heading, ""]
+    for path in figures:
+        lines += [f"![{Path(path).stem}]({path})", ""]
+    return lines[:-1]
+
+
+def run_figures(run_dir: RunDir) -> list[str]:
+    """The PNG figures a run wrote, as file names relative to its directory, sorted."""
+    return sorted(p.name for p in run_dir.path.glob("*.png"))
 
 
 def markdown_table(
@@ -153,7 +182,12 @@ def execute(module: ModuleType, config: Any) -> tuple[dict[str, Any], RunDir]:
     # number differs from the source report).
     notes = module.report_notes(metrics) if hasattr(module, "report_notes") else ""
     run_dir.write_report(
-        render_report(title.rstrip(": "), module.report_rows(metrics), preamble=notes)
+        render_report(
+            title.rstrip(": "),
+            module.report_rows(metrics),
+            preamble=notes,
+            figures=run_figures(run_dir),
+        )
     )
     return metrics, run_dir
 

@@ -13,23 +13,34 @@ import experiments
 from experiments import reproduce
 from mljax.config import CommonConfig, parse
 from mljax.data.images import DatasetNotFoundError
-from mljax.experiment import ReportRow, execute, format_mean_std, summarize
+from mljax.experiment import ReportRow, cli_main, execute, format_mean_std, summarize
 
 
 @pytest.mark.parametrize("info", experiments.REGISTRY, ids=lambda i: i.name)
-def test_help_works_for_every_registered_experiment(info):
+def test_help_works_for_every_registered_experiment(info, capsys):
+    # In-process: the same generated parser `python -m experiments.<name> --help` uses,
+    # without starting an interpreter per experiment (the entry point itself is tested below).
+    module = info.load()
+    with pytest.raises(SystemExit) as exc:
+        cli_main(module, ["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--quick", "--out", "--seeds"):
+        assert option in out
+    for field in dataclasses.fields(module.Config):
+        assert "--" + field.name.replace("_", "-") in out, f"{field.name} not in --help"
+
+
+def test_module_entry_point_prints_help():
+    name = experiments.REGISTRY[0].name
     out = subprocess.run(
-        [sys.executable, "-m", f"experiments.{info.name}", "--help"],
+        [sys.executable, "-m", f"experiments.{name}", "--help"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    for option in ("--quick", "--out", "--seeds"):
-        assert option in out.stdout
-    module = info.load()
-    for field in dataclasses.fields(module.Config):
-        assert "--" + field.name.replace("_", "-") in out.stdout, f"{field.name} not in --help"
+    assert "--quick" in out.stdout
 
 
 def test_registry_entries_are_complete():
@@ -81,6 +92,7 @@ def make_module(name, behaviour):
             )
         if behaviour == "crash":
             raise RuntimeError("boom")
+        run_dir.file("curves.png").write_bytes(b"\x89PNG fake")
         return {"value": summarize([config.level, config.level + 0.1 * config.seeds])}
 
     m.run = run
@@ -113,6 +125,8 @@ def test_execute_writes_config_metrics_report(tmp_path, fake_registry):
     report = (tmp_path / "good" / "report.md").read_text()
     assert report.startswith("# good: Fake good.")
     assert "| value | 0.5 | 0.35 ± 0.1 |" in report
+    # The run's figures are shown inline, by links relative to the report.
+    assert "## Figures\n\n![curves](curves.png)" in report
 
 
 def test_config_validation_is_a_value_error():
@@ -132,6 +146,9 @@ def test_reproduce_reports_every_outcome(tmp_path, fake_registry, capsys):
     assert "failed: RuntimeError: boom" in text
     assert "boom" in (tmp_path / "bad" / "error.txt").read_text()
     assert (tmp_path / "good" / "metrics.json").exists()
+    # Each experiment's figures inline, relative to REPORT.md; none for those that did not run.
+    assert "## good\n\n![curves](good/curves.png)" in text
+    assert "## nodata" not in text and "## bad" not in text
 
 
 def test_reproduce_only_and_unknown(tmp_path, fake_registry):
