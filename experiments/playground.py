@@ -570,6 +570,20 @@ def _cell_metrics(metrics, cell: Cell):
     return metrics.get(cell.dataset, {}).get(cell.name)
 
 
+def _xor_plateau_clause(stuck_fraction: float, seeds) -> str:
+    """How many of our initialisations left the xor plateau, as the run measured it."""
+    if stuck_fraction <= 0:
+        return (
+            f"our {seeds} initialisations all leave it, so a run stuck at 300 epochs is an "
+            f"unlucky initialisation (none of {seeds} here) or a difference of setup (data "
+            "noise, data seed) we cannot see in the report."
+        )
+    return (
+        f"here {stuck_fraction:.0%} of our {seeds} initialisations stay on it as well and the "
+        "rest leave it: the report's run is consistent with an unlucky initialisation."
+    )
+
+
 def report_notes(metrics) -> str:
     """Why our numbers differ from the report's, where they do (each note states the
     measured facts it rests on; written only when the run shows the difference)."""
@@ -599,7 +613,13 @@ def report_notes(metrics) -> str:
             "learnt only after a long plateau where the tanh output stays near 0 (loss 0.5); "
             "on it the data gradient is tiny, so the penalty's pull "
             f"({reg} at 0.01 every step) wins and shrinks the weights towards 0 (the |w| "
-            "above), and the plateau is never left. The report's single Playground run "
+            "above), and "
+            + (
+                "no seed leaves the plateau."
+                if m["stuck_at_chance_fraction"] >= 1
+                else "these seeds do not leave the plateau."
+            )
+            + " The report's single Playground run "
             "escaped it; we do not reproduce that"
             + (
                 " (the Playground's L1 also sets a weight that crosses 0 to 0 for good, "
@@ -621,10 +641,8 @@ def report_notes(metrics) -> str:
             f"{m['epochs']}) and {m[f'reached_{target}_fraction']:.0%} reach <= {target} "
             f"within {metrics['_meta']['epochs']} epochs. Why: with x1, x2 only the sigmoid "
             "net starts on a plateau where its output is ≈ 0 for every point, and how long "
-            f"it stays there depends on the initial weights; the report shows one run, our "
-            f"{seeds} initialisations all leave it, so a run stuck at 300 epochs is an "
-            f"unlucky initialisation (none of {seeds} here) or a difference of setup (data "
-            "noise, data seed) we cannot see in the report."
+            "it stays there depends on the initial weights; the report shows one run, "
+            + _xor_plateau_clause(m["stuck_at_chance_fraction"], seeds)
         )
     # Any other report cell far above the report's loss: say when our seeds get there.
     for c in REPORT_CELLS:

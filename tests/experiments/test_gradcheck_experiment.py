@@ -92,3 +92,33 @@ def test_help_and_bad_options(capsys):
 
 def test_quick_models_are_seed_models():
     assert set(exp.QUICK_MODELS) <= {m.name for m in models.seed_models()}
+
+
+def test_kink_diagnosis_tells_a_kink_from_a_smooth_mismatch():
+    # relu(θ) at θ = 3e-7 with h = 1e-6: the forward side is exact (slope 1), the backward side
+    # crosses the kink (slope 0.3), the central quotient 0.65 misses jax.grad's 1.
+    with jax.enable_x64(True):
+        relu_loss = lambda p: jax.nn.relu(p["w"][0])  # noqa: E731
+        params = {"w": jax.numpy.array([3e-7])}
+        forward, backward = exp.one_sided_slopes(relu_loss, params, 0, 1e-6)
+        assert forward == pytest.approx(1.0, abs=1e-9)
+        assert backward == pytest.approx(0.3, abs=1e-6)
+        assert exp.kink_within_step(1.0, forward, backward)
+        # A smooth function whose "analytic" gradient is simply wrong: no side matches it.
+        smooth = lambda p: p["w"][0] ** 2  # noqa: E731
+        forward, backward = exp.one_sided_slopes(smooth, {"w": jax.numpy.array([0.5])}, 0, 1e-6)
+        assert not exp.kink_within_step(1.0 * 1.001, forward, backward)
+
+
+def test_report_names_a_kink_only_when_one_was_found():
+    base = {"manual_vs_autodiff": 0.0, "manual_vs_numeric": 1e-3, "autodiff_vs_numeric": 1e-3}
+    metrics = {
+        "per_model": {
+            "kinked": {**base, "kink_found": True, "unexplained_vs_numeric": False},
+            "unexplained": {**base, "kink_found": False, "unexplained_vs_numeric": True},
+        }
+    }
+    notes = {r.figure.split(":")[0]: r.note for r in exp.report_rows(metrics)}
+    assert "kink within the step" in notes["kinked"]
+    assert "kink" in notes["unexplained"] and "no kink found" in notes["unexplained"]
+    assert "cause not found" in notes["unexplained"]

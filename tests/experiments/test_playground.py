@@ -187,3 +187,31 @@ def test_report_notes_blame_the_penalty_only_when_the_unpenalised_net_escapes():
     assert "L2" not in note  # no L2 cell in these metrics
     assert pg.report_notes(_notes_metrics(stuck_l1=1.0, stuck_free=1.0)) == ""
     assert pg.report_notes(_notes_metrics(stuck_l1=0.0, stuck_free=0.0)) == ""
+    # Some but not all seeds stuck: the note says so instead of "never left".
+    partial = pg.report_notes(_notes_metrics(stuck_l1=0.75, stuck_free=0.0))
+    assert "75% of 8 seeds" in partial and "these seeds do not leave the plateau" in partial
+    assert "no seed leaves" in note
+
+
+def test_xor_note_counts_the_stuck_seeds_it_measured():
+    xor = next(
+        c
+        for c in pg.REPORT_CELLS
+        if c.dataset == "xor" and c.hidden == (5, 5) and c.reported == 0.5
+    )
+
+    def metrics(stuck):
+        cell = {
+            "stuck_at_chance_fraction": stuck,
+            "test_loss_mean": 0.1,
+            "test_loss_std": 0.01,
+            "epochs": 300,
+            "reached_0.01_fraction": 0.5,
+        }
+        return {"xor": {xor.name: cell}, "_meta": {"seeds": 8, "epochs": 300}}
+
+    all_leave = pg.report_notes(metrics(0.0))
+    assert "all leave it" in all_leave and "none of 8 here" in all_leave
+    some_stuck = pg.report_notes(metrics(0.25))
+    assert "25% of our 8 initialisations stay on it" in some_stuck
+    assert "all leave it" not in some_stuck and "none of 8" not in some_stuck
