@@ -15,6 +15,13 @@ from typing import TypeVar
 
 import tyro
 
+__all__ = [
+    "CommonConfig",
+    "enable_compilation_cache",
+    "parse",
+]
+
+
 C = TypeVar("C")
 
 

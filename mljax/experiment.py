@@ -36,6 +36,21 @@ from mljax.config import enable_compilation_cache, parse
 from mljax.malloc_tuning import tune_for_command_line
 from mljax.results import RunDir
 
+__all__ = [
+    "DEFAULT_RESULTS_DIR",
+    "ReportRow",
+    "cli_main",
+    "default_out_dir",
+    "execute",
+    "figure_links",
+    "format_mean_std",
+    "markdown_table",
+    "render_report",
+    "run_figures",
+    "summarize",
+]
+
+
 DEFAULT_RESULTS_DIR = "results"
 
 

@@ -54,6 +54,15 @@ import ctypes
 import os
 import sys
 
+__all__ = [
+    "GLIBC_TUNABLES_VALUE",
+    "REEXEC_MARK",
+    "reexec_with_tuned_malloc",
+    "tune_for_command_line",
+    "tune_malloc",
+]
+
+
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3

@@ -23,13 +23,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mljax.validation import is_concrete
+
+__all__ = [
+    "accuracy",
+    "adjusted_rand_index",
+    "confusion_matrix",
+    "contingency_matrix",
+    "error_rate",
+]
+
 
 def _labels(a, name):
     a = jnp.asarray(a)
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D [n]; got shape {tuple(a.shape)}")
     if not jnp.issubdtype(a.dtype, jnp.integer):
-        if isinstance(a, jax.core.Tracer):
+        if not is_concrete(a):
             raise ValueError(f"{name} must be an integer array; got dtype {a.dtype}")
         an = np.asarray(a)
         if not np.all(an == np.round(an)):
@@ -55,7 +65,7 @@ def _n_values(a, given, name):
         if not isinstance(given, (int, np.integer)) or given < 1:
             raise ValueError(f"{name} must be an int >= 1; got {given!r}")
         return int(given)
-    if isinstance(a, jax.core.Tracer):
+    if not is_concrete(a):
         raise ValueError(f"{name} must be given when the labels are traced (under jit or vmap)")
     an = np.asarray(a)
     if an.min() < 0:
@@ -105,7 +115,7 @@ def adjusted_rand_index(labels_true, labels_pred, *, n_true=None, n_pred=None) -
     """
     a, b = _pair(labels_true, labels_pred)
     if n_true is None or n_pred is None:
-        if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+        if not (is_concrete(a) and is_concrete(b)):
             raise ValueError("n_true and n_pred must be given when the labels are traced")
         a, b = _densify(a, b)
         n_true, n_pred = int(a.max()) + 1, int(b.max()) + 1

@@ -15,6 +15,12 @@ import numpy as np
 
 from mljax.results import atomic_write_bytes
 
+__all__ = [
+    "curve_with_band",
+    "image_grid",
+    "save_figure",
+]
+
 
 def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     """Renders ``fig`` to PNG and writes it atomically to ``path``, then closes the figure."""

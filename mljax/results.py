@@ -19,6 +19,19 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "REPORT_FILE",
+    "RunDir",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "read_json",
+    "to_jsonable",
+]
+
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"

@@ -14,6 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "EpochBatches",
+    "epoch_batches",
+    "masked_mean",
+    "num_batches",
+    "train_val_split",
+]
+
 
 class EpochBatches(NamedTuple):
     """Indices and validity mask of one epoch's batches.

@@ -30,6 +30,26 @@ from typing import NamedTuple
 
 import numpy as np
 
+__all__ = [
+    "CIFAR10_CLASSES",
+    "DATASETS",
+    "DEBIAN_FASHION_MNIST_DIR",
+    "FASHION_MNIST_CLASSES",
+    "MNIST_CLASSES",
+    "SPLITS",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "ImageDataset",
+    "candidate_dirs",
+    "how_to_obtain",
+    "load",
+    "load_splits",
+    "read_cifar_binary_batch",
+    "read_cifar_python_batch",
+    "read_idx",
+]
+
+
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "test")
 

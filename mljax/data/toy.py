@@ -32,6 +32,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "FEATURE_NAMES",
+    "PLAYGROUND_DATASETS",
+    "SIGMOID_NET_DELTA_TABLE",
+    "SIGMOID_NET_REPORTED_LOSS",
+    "SIGMOID_NET_TRAIN_X",
+    "SIGMOID_NET_TRAIN_Y",
+    "SIGMOID_NET_WEIGHTS",
+    "TWOLAYER_TOY_CORRECT_SCORES",
+    "TWOLAYER_TOY_REPORTED_FINAL_LOSS",
+    "TWOLAYER_TOY_REPORTED_REL_ERR",
+    "PlaygroundSplit",
+    "TwoLayerToy",
+    "blobs",
+    "circle",
+    "features",
+    "gauss",
+    "playground",
+    "playground_split",
+    "spiral",
+    "twolayer_toy",
+    "xor",
+]
+
+
 PLAYGROUND_DATASETS = ("circle", "gauss", "xor", "spiral")
 FEATURE_NAMES = ("x1", "x2", "x1^2", "x2^2", "x1*x2", "sin(x1)", "sin(x2)")
 
