@@ -18,7 +18,14 @@ from pathlib import Path
 import experiments
 from mljax.config import enable_compilation_cache, parse
 from mljax.data.images import DatasetNotFoundError
-from mljax.experiment import ReportRow, execute, figure_links, markdown_table, run_figures
+from mljax.experiment import (
+    ReportRow,
+    execute,
+    figure_links,
+    interrupts_stop_the_run,
+    markdown_table,
+    run_figures,
+)
 from mljax.malloc_tuning import tune_for_command_line
 from mljax.results import atomic_write_text
 
@@ -142,17 +149,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     report_path = Path(config.out) / "REPORT.md"
     try:
-        for info in infos:
-            print(f"[{len(outcomes) + 1}/{len(infos)}] {info.name} ...", flush=True)
-            outcome = run_one(info, config)
-            outcomes.append(outcome)
-            print(
-                f"    {outcome.status} in {outcome.seconds:.1f} s"
-                + (f": {outcome.reason}" if outcome.reason else ""),
-                flush=True,
-            )
-            # Rewritten after every experiment: Ctrl-C keeps what is done so far.
-            atomic_write_text(report_path, render(outcomes, config, time.perf_counter() - start))
+        with interrupts_stop_the_run():
+            for info in infos:
+                print(f"[{len(outcomes) + 1}/{len(infos)}] {info.name} ...", flush=True)
+                outcome = run_one(info, config)
+                outcomes.append(outcome)
+                print(
+                    f"    {outcome.status} in {outcome.seconds:.1f} s"
+                    + (f": {outcome.reason}" if outcome.reason else ""),
+                    flush=True,
+                )
+                # Rewritten after every experiment: Ctrl-C keeps what is done so far.
+                atomic_write_text(
+                    report_path, render(outcomes, config, time.perf_counter() - start)
+                )
     except KeyboardInterrupt:
         print(f"\ninterrupted; partial report at {report_path}", file=sys.stderr)
         return 130

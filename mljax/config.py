@@ -16,13 +16,48 @@ from typing import TypeVar
 import tyro
 
 __all__ = [
+    "MAX_SEED",
     "CommonConfig",
+    "check_input_dir",
+    "check_output_dir",
     "enable_compilation_cache",
     "parse",
 ]
 
 
 C = TypeVar("C")
+
+MAX_SEED = 2**32 - 1
+"""Largest ``--seed``: ``jax.random.key`` keeps 32 bits of a seed (64-bit floats off), so
+larger seeds would silently alias smaller ones (2**32 gives the key of 0)."""
+
+
+def check_output_dir(value: str | os.PathLike, option: str = "--out") -> Path:
+    """A directory that exists or can be created and written: raises ``ValueError`` (naming
+    the option) when a path component is a regular file or the place is not writable."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {value}: exists and is not a directory")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{option} {value}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {value}: {ancestor} is not writable (permission denied)")
+    return path
+
+
+def check_input_dir(value: str | os.PathLike, option: str = "--data-dir") -> Path:
+    """An existing, readable directory, else ``ValueError`` naming the option."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"{option} {value}: no such directory")
+    if not path.is_dir():
+        raise ValueError(f"{option} {value}: not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ValueError(f"{option} {value}: not readable (permission denied)")
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +74,7 @@ class CommonConfig:
     """Number of random seeds; runs are vmapped over seeds and results reported as mean ± std."""
 
     seed: int = 0
-    """Root PRNG seed: all per-run keys are split from jax.random.key(seed)."""
+    """Root PRNG seed in [0, 2**32 - 1]: all per-run keys are split from jax.random.key(seed)."""
 
     quiet: bool = False
     """Hide progress bars (they are also hidden when stderr is not a terminal, e.g. in CI logs)."""
@@ -51,8 +86,16 @@ class CommonConfig:
         """
         if self.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
-        if self.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(
+                f"--seed must be an integer in [0, {MAX_SEED}] (JAX keys keep 32 bits of a "
+                f"seed), got {self.seed}"
+            )
+        if self.out is not None:
+            check_output_dir(self.out, "--out")
+        data_dir = getattr(self, "data_dir", None)
+        if data_dir is not None:
+            check_input_dir(data_dir, "--data-dir")
 
 
 def parse(

@@ -20,10 +20,14 @@ and ends with ``if __name__ == "__main__": raise SystemExit(cli_main(sys.modules
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +48,7 @@ __all__ = [
     "execute",
     "figure_links",
     "format_mean_std",
+    "interrupts_stop_the_run",
     "markdown_table",
     "render_report",
     "run_figures",
@@ -207,6 +212,50 @@ def execute(module: ModuleType, config: Any) -> tuple[dict[str, Any], RunDir]:
     return metrics, run_dir
 
 
+@contextlib.contextmanager
+def interrupts_stop_the_run(retry_s: float = 0.2):
+    """Ctrl-C (SIGINT) always ends the block with ``KeyboardInterrupt``.
+
+    Python drops an exception raised while it runs a garbage-collection callback ("Exception
+    ignored in ... _xla_gc_callback"), so a Ctrl-C that lands there was lost and the run went
+    on. Inside this block the first SIGINT raises ``KeyboardInterrupt`` and, until the block
+    has seen it, raises it again every ``retry_s`` seconds. Only in the main thread; elsewhere
+    (and with SIGINT ignored) the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (signal.SIG_IGN, None):
+        yield
+        return
+    seen = threading.Event()
+    lock = threading.Lock()
+
+    def reraise_until_seen():
+        while not seen.wait(retry_s):
+            with lock:  # never trip the handler once the block has seen the interrupt
+                if not seen.is_set():
+                    _thread.interrupt_main()
+
+    def on_sigint(signum, frame):
+        if seen.is_set():
+            return  # a re-raise that was already on its way
+        if not any(t.name == "mljax-interrupt" for t in threading.enumerate()):
+            threading.Thread(target=reraise_until_seen, name="mljax-interrupt", daemon=True).start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        with lock:
+            seen.set()
+        for _ in range(8):  # backward jumps: a pending re-raise runs (and returns) here
+            pass
+        signal.signal(signal.SIGINT, previous)
+
+
 def cli_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m experiments.<name>``: parse, run, say where results are.
 
@@ -229,14 +278,15 @@ def cli_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
         return 2
     enable_compilation_cache()
     try:
-        metrics, run_dir = execute(module, config)
+        with interrupts_stop_the_run():
+            metrics, run_dir = execute(module, config)
     except KeyboardInterrupt:
         print(
             "\ninterrupted: files already written in the run directory are complete.",
             file=sys.stderr,
         )
         return 130
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad input, a missing dataset, an unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(

@@ -135,3 +135,18 @@ def test_save_figure_writes_png(tmp_path):
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match=r"must end in \.png"):
         save_figure(plt.figure(), tmp_path / "f.jpg")
+
+
+def test_results_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        assert results.current_umask() == 0o022
+        path = results.atomic_write_text(tmp_path / "a.txt", "x")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.umask(0o077)
+        path = results.atomic_write_json(tmp_path / "b.json", {"a": 1})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)

@@ -198,3 +198,68 @@ def test_markdown_table_aligns_numbers_right_and_escapes_pipes():
     assert markdown_table(["x"], [[1]])[1] == "|---|"
     with pytest.raises(ValueError, match="align"):
         markdown_table(["x", "y"], [], align="lc")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_swallowed_by_a_gc_callback_still_stops_the_run():
+    """Python drops an exception raised inside a gc callback ("Exception ignored in ...
+    _xla_gc_callback"): the Ctrl-C that landed there must come again, not be lost."""
+    import gc
+    import signal
+    import time
+
+    from mljax.experiment import interrupts_stop_the_run
+
+    def interrupted_callback(phase, info):
+        if phase == "start":
+            gc.callbacks.remove(interrupted_callback)
+            signal.raise_signal(signal.SIGINT)  # its KeyboardInterrupt is dropped by gc
+
+    reached_loop = False
+    with pytest.raises(KeyboardInterrupt), interrupts_stop_the_run(retry_s=0.05):
+        gc.callbacks.append(interrupted_callback)
+        gc.collect()
+        reached_loop = True  # the first interrupt was swallowed, as in the bug
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert reached_loop
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_bad_paths_and_seeds_are_one_line_errors_before_anything_is_written(tmp_path, capsys):
+    import os
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    module = make_module("good", "ok")
+    cases = [
+        (["--out", str(blocker / "sub")], "is a file, not a directory"),
+        (["--out", str(blocker)], "exists and is not a directory"),
+        (["--seed", "99999999999999999999999"], "--seed must be an integer in [0, 4294967295]"),
+        (["--seed", str(2**32)], "--seed must be an integer in [0, 4294967295]"),
+    ]
+    for argv, message in cases:
+        assert cli_main(module, [*argv, "--quiet"]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    # Permission denied (as root every path is writable: simulate what os.access reports).
+    orig = os.access
+    os.access = lambda path, mode: False
+    try:
+        with pytest.raises(ValueError, match="not writable"):
+            parse(FakeConfig, ["--out", str(tmp_path / "new")])
+    finally:
+        os.access = orig
+
+
+def test_data_dir_must_exist_and_be_readable(tmp_path):
+    from mljax.config import check_input_dir
+
+    with pytest.raises(ValueError, match="--data-dir .*: no such directory"):
+        check_input_dir(tmp_path / "missing")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        check_input_dir(tmp_path / "f")
+    assert check_input_dir(tmp_path) == tmp_path
