@@ -20,7 +20,7 @@ looked and how to obtain it. A dataset is never replaced by another.
 
 from __future__ import annotations
 
-import gzip
+import math
 import os
 import pickle
 import zlib
@@ -133,14 +133,63 @@ _IDX_DTYPES = {
 }
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
+class _BoundedGunzip:
+    """Decompresses a gzip file a bounded number of bytes at a time: an IDX header says how
+    large the data is, so a file that decompresses to far more (a "gzip bomb") is refused
+    after reading at most one byte past that size, never inflated in full."""
+
+    def __init__(self, path: Path, raw: bytes):
+        self.path = path
+        self.pending = raw
+        self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` decompressed bytes (fewer only at the end of the data)."""
+        out = bytearray()
         try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from e
-    return raw
+            while len(out) < n:
+                if self.inflater.eof:  # another gzip member may follow
+                    rest = self.inflater.unused_data
+                    if not rest:
+                        break
+                    self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    self.pending = rest
+                if not self.pending and not self.inflater.unconsumed_tail:
+                    raise ValueError(f"{self.path}: corrupt or truncated gzip data (ends early)")
+                data = self.inflater.unconsumed_tail or self.pending
+                self.pending = b""
+                out += self.inflater.decompress(data, n - len(out))
+        except zlib.error as e:
+            raise ValueError(f"{self.path}: corrupt or truncated gzip data ({e})") from e
+        return bytes(out)
+
+
+def _idx_bytes(path: Path) -> tuple[bytes, bytes, bool]:
+    """``(header, body, more)``: the IDX header, at most the data size it declares, and
+    whether bytes follow beyond it. Gzipped files are decompressed only that far."""
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        header_len = 4 + 4 * raw[3] if len(raw) >= 4 else len(raw)
+        header = raw[:header_len]
+        size = _declared_size(path, header)
+        return header, raw[header_len : header_len + size], len(raw) > header_len + size
+    stream = _BoundedGunzip(path, raw)
+    head = stream.read(4)
+    header = head + (stream.read(4 * head[3]) if len(head) == 4 else b"")
+    size = _declared_size(path, header)
+    body = stream.read(size)
+    return header, body, bool(stream.read(1))
+
+
+def _declared_size(path: Path, header: bytes) -> int:
+    """Data bytes an IDX header declares (0 when the header itself is bad: read_idx reports it)."""
+    if len(header) < 4 or header[0] or header[1] or header[2] not in _IDX_DTYPES:
+        return 0
+    ndim = header[3]
+    if len(header) < 4 + 4 * ndim:
+        return 0
+    shape = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return math.prod(shape) * _IDX_DTYPES[header[2]].itemsize
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -154,7 +203,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             truncated file or trailing bytes.
     """
     path = Path(path)
-    data = _read_maybe_gzip(path)
+    data, body, more = _idx_bytes(path)
     if len(data) < 4:
         raise ValueError(f"{path}: truncated IDX file ({len(data)} bytes, header needs 4)")
     if data[0] != 0 or data[1] != 0:
@@ -173,18 +222,18 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, need {header})")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(shape)) * dtype.itemsize
-    body = len(data) - header
-    if body < expected:
+    expected = math.prod(shape) * dtype.itemsize
+    if len(body) < expected:
         raise ValueError(
             f"{path}: truncated IDX file: shape {shape} of {dtype} needs "
-            f"{expected} data bytes, found {body}"
+            f"{expected} data bytes, found {len(body)}"
         )
-    if body > expected:
+    if more:
         raise ValueError(
-            f"{path}: {body - expected} unexpected trailing bytes after IDX data of shape {shape}"
+            f"{path}: unexpected trailing bytes after IDX data of shape {shape} "
+            f"({expected} data bytes)"
         )
-    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=header).reshape(shape)
+    return np.frombuffer(body, dtype=dtype, count=math.prod(shape)).reshape(shape)
 
 
 def _idx_file(directory: Path, stem: str) -> Path | None:
@@ -290,8 +339,10 @@ def _unpickle(path: Path) -> dict:
     try:
         with path.open("rb") as f:
             obj = _ArrayOnlyUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise ValueError(f"{path}: not a readable CIFAR-10 python batch ({e})") from e
+    except Exception as e:  # any fault of the bytes (unknown codec: LookupError, ...)
+        raise ValueError(
+            f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e})"
+        ) from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: CIFAR-10 batch must be a dict, got {type(obj).__name__}")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
@@ -305,6 +356,10 @@ def read_cifar_python_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.nda
         raise ValueError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels' (keys: {sorted(batch)})")
     data = np.asarray(batch["data"])
     labels = np.asarray(batch["labels"])
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{path}: 'labels' must be integers, got {labels.dtype} (e.g. {labels.ravel()[:3]!r})"
+        )
     if data.dtype != np.uint8:
         raise ValueError(f"{path}: wrong dtype: 'data' is {data.dtype}, CIFAR-10 stores uint8")
     if data.ndim != 2 or data.shape[1] != 3072:
@@ -336,7 +391,17 @@ def _cifar_class_names(directory: Path, default: tuple[str, ...]) -> tuple[str, 
     names_raw = _unpickle(meta).get("label_names")
     if names_raw is None:
         return default
-    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names_raw)
+    if not isinstance(names_raw, list | tuple) or not all(
+        isinstance(n, bytes | str) for n in names_raw
+    ):
+        raise ValueError(
+            f"{meta}: 'label_names' must be a list of strings, got {type(names_raw).__name__}"
+        )
+    if len(names_raw) != len(default):
+        raise ValueError(
+            f"{meta}: 'label_names' must name {len(default)} classes, got {len(names_raw)}"
+        )
+    return tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names_raw)
 
 
 def _load_cifar_split(directory: Path, spec: DatasetSpec, split: str) -> ImageDataset | None:

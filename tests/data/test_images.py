@@ -319,3 +319,64 @@ def test_debian_fashion_mnist(monkeypatch, tmp_path):
     np.testing.assert_array_equal(np.bincount(train.labels, minlength=10), np.full(10, 6000))
     np.testing.assert_array_equal(np.bincount(test.labels, minlength=10), np.full(10, 1000))
     assert train.class_names[9] == "Ankle boot"
+
+
+class UnknownCodec:
+    def __reduce__(self):
+        import codecs
+
+        return (codecs.encode, ("abc", "no-such-codec"))
+
+
+def test_cifar_hostile_batches_are_value_errors_naming_the_file(isolated):
+    root = isolated / "cifar"
+    write_cifar_py(root / "cifar-10-batches-py")
+    test_batch = root / "cifar-10-batches-py" / "test_batch"
+    test_batch.write_bytes(pickle.dumps({b"data": UnknownCodec(), b"labels": [0]}, protocol=2))
+    with pytest.raises(ValueError, match=r"test_batch: not a readable .*LookupError"):
+        load("cifar10", "test", data_dir=root, download=False)
+    data = np.zeros((2, 3072), np.uint8)
+    test_batch.write_bytes(pickle.dumps({b"data": data, b"labels": ["cat", "dog"]}, protocol=2))
+    with pytest.raises(ValueError, match=r"test_batch: 'labels' must be integers"):
+        load("cifar10", "test", data_dir=root, download=False)
+    meta = root / "cifar-10-batches-py" / "batches.meta"
+    for names, message in (
+        (b"plane car", "must be a list of strings"),
+        ([b"a"] * 3, "must name 10"),
+    ):
+        write_meta = {b"label_names": names}
+        meta.write_bytes(pickle.dumps(write_meta, protocol=2))
+        test_batch.write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1]}, protocol=2))
+        with pytest.raises(ValueError, match=rf"batches.meta: 'label_names' {message}"):
+            load("cifar10", "test", data_dir=root, download=False)
+
+
+def test_gzip_bomb_is_refused_after_reading_what_the_header_declares(tmp_path):
+    """A 1 MiB .gz whose header claims 4 images but that inflates to 256 MiB: the reader stops
+    one byte past the 3,136 declared bytes, so its memory does not grow with the payload."""
+    import subprocess
+    import sys
+    import zlib
+
+    header = bytes([0, 0, 0x08, 3]) + b"".join(struct.pack(">I", s) for s in (4, 28, 28))
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    chunks = [compressor.compress(header)]
+    zeros = bytes(1 << 20)
+    chunks += [compressor.compress(zeros) for _ in range(256)]
+    chunks.append(compressor.flush())
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    bomb.write_bytes(b"".join(chunks))
+    assert bomb.stat().st_size < 1 << 20
+    script = (
+        "import resource, sys\n"
+        "from mljax.data.images import read_idx\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    read_idx(sys.argv[1])\nexcept ValueError as e:\n    print('ERR', e)\n"
+        "print('GROWTH_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(bomb)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "unexpected trailing bytes after IDX data of shape (4, 28, 28)" in out
+    growth_kb = int(out.split("GROWTH_KB")[1])
+    assert growth_kb < 64 * 1024, out  # inflating it all would add 256 MiB
