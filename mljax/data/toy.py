@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mljax.validation import check_finite, check_positive_int, check_scalar, is_concrete
+
 __all__ = [
     "FEATURE_NAMES",
     "PLAYGROUND_DATASETS",
@@ -88,27 +90,36 @@ def blobs(
     Returns:
         ``(x [n, d], labels [n] int32, centres [k, d])``.
     """
+    n_samples = check_positive_int(n_samples, "n_samples")
     k_centers, k_noise, k_perm = jax.random.split(key, 3)
-    if isinstance(centers, int):
-        if centers < 1:
-            raise ValueError(f"centers must be >= 1, got {centers}")
-        if n_features < 1:
-            raise ValueError(f"n_features must be >= 1, got {n_features}")
+    if isinstance(centers, int | np.integer) and not isinstance(centers, bool):
+        centers = check_positive_int(centers, "centers")
+        n_features = check_positive_int(n_features, "n_features")
         lo, hi = center_box
+        check_scalar(lo, "center_box[0]")
+        check_scalar(hi, "center_box[1]")
         if not lo < hi:
             raise ValueError(f"center_box must be (low, high) with low < high, got {center_box}")
         c = jax.random.uniform(k_centers, (centers, n_features), dtype, lo, hi)
     else:
+        if isinstance(centers, bool | float):
+            raise ValueError(f"centers must be an int or a [k, d] array, got {centers!r}")
         c = jnp.asarray(centers, dtype)
         if c.ndim != 2:
             raise ValueError(f"centers must be an int or a [k, d] array, got shape {c.shape}")
+        check_finite(c, "centers")
     k, d = c.shape
     if n_samples < k:
         raise ValueError(f"n_samples ({n_samples}) must be >= the number of centres ({k})")
     counts = np.full(k, n_samples // k)
     counts[: n_samples % k] += 1
     labels = jnp.asarray(np.repeat(np.arange(k), counts), jnp.int32)
-    std = jnp.broadcast_to(jnp.asarray(cluster_std, dtype), (k,))
+    std = jnp.asarray(cluster_std, dtype)
+    if std.ndim > 1 or std.size not in (1, k):
+        raise ValueError(f"cluster_std must be a scalar or [k] = [{k}], got shape {std.shape}")
+    if is_concrete(std) and not np.all(np.isfinite(np.asarray(std)) & (np.asarray(std) >= 0)):
+        raise ValueError(f"cluster_std must be finite and >= 0, got {cluster_std!r}")
+    std = jnp.broadcast_to(std, (k,))
     x = c[labels] + std[labels, None] * jax.random.normal(k_noise, (n_samples, d), dtype)
     perm = jax.random.permutation(k_perm, n_samples)
     return x[perm], labels[perm], c
@@ -122,6 +133,7 @@ def _uniform(key, shape, lo, hi):
 
 
 def _halves(n: int) -> int:
+    n = check_positive_int(n, "n")
     if n < 2 or n % 2:
         raise ValueError(f"n must be an even number >= 2 (half the points per class), got {n}")
     return n // 2
@@ -160,8 +172,7 @@ def xor(
     key: jax.Array, n: int = 500, noise: float | jax.Array = 0.0
 ) -> tuple[jax.Array, jax.Array]:
     """The Playground's ``xor`` set: ``(x [n, 2], y [n] in {-1, +1})``."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    n = check_positive_int(n, "n")
     kx, kn = jax.random.split(key)
     x = _uniform(kx, (n, 2), -5.0, 5.0)
     x = x + jnp.where(x > 0, 0.3, -0.3)
@@ -208,8 +219,10 @@ def playground(
         raise ValueError(
             f"unknown Playground dataset {name!r}; allowed: {', '.join(PLAYGROUND_DATASETS)}"
         )
-    if isinstance(noise, (int, float)) and not 0.0 <= noise <= 0.5:
-        raise ValueError(f"noise must lie in [0, 0.5] (the Playground's range), got {noise}")
+    if is_concrete(noise):
+        value = np.asarray(noise)
+        if value.ndim or not np.issubdtype(value.dtype, np.number) or not 0 <= value <= 0.5:
+            raise ValueError(f"noise must lie in [0, 0.5] (the Playground's range), got {noise!r}")
     return _GENERATORS[name](key, n, noise)
 
 

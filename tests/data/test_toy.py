@@ -54,8 +54,16 @@ def test_blobs_given_centres_and_per_centre_std():
 
 
 def test_blobs_bad_input():
-    with pytest.raises(ValueError, match="centers must be >= 1"):
+    with pytest.raises(ValueError, match="centers must be an int >= 1; got 0"):
         toy.blobs(KEY, 10, 0)
+    # Sizes are ints: a float (with or without a fraction) or a bool is refused, naming it.
+    for bad, name in (((10.5, 3), "n_samples"), ((10, 3.0), "centers"), ((True, 3), "n_samples")):
+        with pytest.raises(ValueError, match=name):
+            toy.blobs(KEY, *bad)
+    with pytest.raises(ValueError, match="cluster_std must be finite and >= 0"):
+        toy.blobs(KEY, 10, 2, cluster_std=-1.0)
+    with pytest.raises(ValueError, match="centers contains NaN"):
+        toy.blobs(KEY, 10, np.array([[0.0, np.nan], [1.0, 1.0]]))
     with pytest.raises(ValueError, match="n_samples .3. must be >= the number of centres .4."):
         toy.blobs(KEY, 3, 4)
     with pytest.raises(ValueError, match="center_box"):
@@ -150,6 +158,11 @@ def test_playground_bad_input():
         toy.playground("xor", KEY, noise=0.7)
     with pytest.raises(ValueError, match="even number"):
         toy.circle(KEY, 501)
+    for bad in (float("nan"), "0.1", np.array([0.1, 0.2])):
+        with pytest.raises(ValueError, match="noise must lie in"):
+            toy.playground("xor", KEY, noise=bad)
+    with pytest.raises(ValueError, match="n must be an int"):
+        toy.xor(KEY, 10.5)
     with pytest.raises(ValueError, match="train_fraction"):
         toy.playground_split("xor", KEY, train_fraction=1.0)
 
