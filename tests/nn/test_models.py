@@ -250,7 +250,7 @@ def _half_last_digit(printed: str) -> float:
 def test_sigmoid_net_forward_equals_hand_computation(row):
     with jax.enable_x64(True):
         layers = models.sigmoid_net()
-        params = models.sigmoid_net_params(dtype=jnp.float64)
+        params = models.sigmoid_net_params(toy.SIGMOID_NET_WEIGHTS, dtype=jnp.float64)
         net = models.build(layers, param_dtype=jnp.float64)
         x = jnp.array([[row["x"]]], jnp.float64)
         z1, state = net.apply({"params": params}, x, capture_intermediates=True)
@@ -275,7 +275,7 @@ def test_sigmoid_net_forward_equals_hand_computation(row):
 
 
 def test_sigmoid_net_params_shape_and_names():
-    params = models.sigmoid_net_params()
+    params = models.sigmoid_net_params(toy.SIGMOID_NET_WEIGHTS)
     net = models.build(models.sigmoid_net())
     init = net.init(jax.random.key(0), jnp.zeros((1, 1)))["params"]
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, init)
