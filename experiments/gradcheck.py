@@ -102,7 +102,7 @@ class Case(NamedTuple):
         batch_stats: ``batch_stats`` tree or None.
         x, y: input and targets.
         loss: loss name (`mljax.nn.losses.LOSSES`).
-        l2: L2 strength (seed 001: 0.05).
+        reg: penalty λ of λ Σ‖W‖², no ½ (seed 001: 0.05; ``mljax.nn.losses``).
         train: training mode (dropout masks and batch statistics).
         masks: dropout masks (train mode), shared by both gradient sources.
     """
@@ -114,7 +114,7 @@ class Case(NamedTuple):
     x: jax.Array
     y: jax.Array
     loss: str
-    l2: float
+    reg: float
     train: bool
     masks: tuple | None
 
@@ -138,7 +138,7 @@ def make_case(model: models.SeedModel, key: jax.Array, config: Config) -> Case:
         return Case(model.name, model.layers, params, None, jnp.asarray(t.x), jnp.asarray(t.y),
                     "softmax_cross_entropy", float(t.reg), False, None)  # fmt: skip
     if model.name == "seed002_sigmoid":
-        params = models.sigmoid_net_params(dtype=jnp.float64)
+        params = models.sigmoid_net_params(toy.SIGMOID_NET_WEIGHTS, dtype=jnp.float64)
         x = jnp.asarray(toy.SIGMOID_NET_TRAIN_X, jnp.float64)[:, None]
         y = jnp.asarray(toy.SIGMOID_NET_TRAIN_Y, jnp.float64)[:, None]
         return Case(model.name, model.layers, params, None, x, y, "squared_error", 0.0, False,
@@ -196,8 +196,8 @@ def autodiff_loss(case: Case):
         else:
             out = net.apply(variables, case.x, train=case.train, masks=case.masks)
         value = loss_fn(out, case.y)
-        if case.l2:
-            value = value + losses.l2_penalty(params, case.l2)
+        if case.reg:
+            value = value + losses.reg_penalty(params, case.reg)
         return value
 
     return f
@@ -208,7 +208,7 @@ def manual_grads(case: Case):
 
     def g(params, x, y, masks, batch_stats):
         return backprop.grads(
-            case.layers, params, x, y, loss=case.loss, l2=case.l2, train=case.train,
+            case.layers, params, x, y, loss=case.loss, reg=case.reg, train=case.train,
             masks=masks, batch_stats=batch_stats,
         ).grads  # fmt: skip
 

@@ -331,7 +331,7 @@ def run(config: Config, run_dir) -> dict:
     check_points = (
         jax.tree.map(
             lambda a, b: jnp.concatenate([a[None].astype(b.dtype), b]),
-            models.sigmoid_net_params(dtype=jnp.float32),
+            models.sigmoid_net_params(toy.SIGMOID_NET_WEIGHTS, dtype=jnp.float32),
             init_batch,
         )
         if config.hidden == 3

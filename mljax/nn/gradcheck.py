@@ -26,6 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+__all__ = [
+    "GradCheckRow",
+    "GradCheckTable",
+    "check_gradients",
+    "compare_trees",
+    "leaf_name",
+    "numerical_grad",
+    "relative_error",
+]
+
 
 class GradCheckRow(NamedTuple):
     """One parameter leaf: its name, shape, entries compared, max abs and relative error."""

@@ -16,21 +16,20 @@ axis ([n, d] for dense stacks, [n, h, w, c] NHWC for convolutional ones):
 Padding follows `lax`: "VALID" keeps only full windows, out = ceil((n - k + 1) / s);
 "SAME" gives out = ceil(n / s) and pads (total // 2) before, the rest after.
 
+One rule per layer type: :data:`RULES` maps each spec class to its :class:`LayerRule`, the
+single record of the layer's parameter shapes, its flax forward (inside `LayerStack`), its
+manual forward and its manual backward (in the spirit of optax's
+``GradientTransformation(init, update)``). `LayerStack` and the engine in
+:mod:`mljax.nn.backprop` look a layer up once with :func:`rule_of` and never dispatch on
+its type themselves. The array formulas live in :mod:`mljax.nn.kernels`.
+
 `LayerStack(layers)` is the flax.linen module. Each parametrised layer i (Dense, Conv,
 BatchNorm) is the submodule named ``layer_{i}`` with i the index in the tuple, so
 ``variables["params"][f"layer_{i}"]`` holds ``kernel``/``bias`` (Dense, Conv) or
 ``scale``/``bias`` (BatchNorm) and ``variables["batch_stats"][f"layer_{i}"]`` holds
-``mean``/``var``. The manual engine in `mljax.nn.backprop` walks the same tuple and tree.
-
-Gradients: `LayerStack`'s Conv and MaxPool have a ``jax.custom_vjp`` (`conv`: forward and
-kernel gradient as one im2col matmul for inputs with few channels, otherwise XLA's forward and
-one matmul per window offset for the kernel gradient; input gradient by the transposed
-convolution; `max_pool`: lax forward, gradient routed to each window's first maximum by slices
-and selects), because XLA on CPU runs the generic forms (the kernel-gradient convolution and
-select-and-scatter) several times slower. The values equal `jax.grad` of the plain forms
-`conv_lax` / `max_pool_lax` (tested). A ``custom_vjp`` has no forward mode: ``jax.jvp`` /
-``jax.jacfwd`` through a Conv or MaxPool layer raise; differentiate `conv_lax` /
-`max_pool_lax` in forward mode instead.
+``mean``/``var``. Its Conv and MaxPool differentiate through the custom VJPs
+:func:`mljax.nn.kernels.conv` and :func:`mljax.nn.kernels.max_pool` (no forward mode: use
+``kernels.conv_lax`` / ``kernels.max_pool_lax`` with ``jax.jvp``).
 
 Dropout masks: `dropout_masks(key, layers, input_shape)` is the one pure function that draws
 them, as a tuple aligned with ``layers`` (boolean keep-mask of the layer's input shape for each
@@ -39,32 +38,55 @@ without explicit masks it calls `dropout_masks` with ``self.make_rng("dropout")`
 same masks in `jax.grad` of the flax model and in the manual engine, draw them once and pass the
 same tuple to both.
 
-Traced dropout rate: ``dropout_masks``, ``apply_parameter_free``, ``LayerStack`` and the manual
-engine take an optional ``dropout_rate`` (a scalar, possibly traced). When given, every Dropout
-layer uses it instead of its spec's static rate, so a sweep can vmap over dropout rates; rate
-0 keeps every unit (keep ~ Bernoulli(1)) and divides by 1, i.e. no dropout.
+Traced dropout rate: ``dropout_masks``, ``LayerStack`` and the manual engine take an optional
+``dropout_rate`` (a scalar, possibly traced). When given, every Dropout layer uses it instead of
+its spec's static rate, so a sweep can vmap over dropout rates; rate 0 keeps every unit
+(keep ~ Bernoulli(1)) and divides by 1, i.e. no dropout.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
+from mljax.nn import kernels
+from mljax.nn.kernels import ACTIVATIONS
+from mljax.validation import check_positive_int, check_scalar
+
+__all__ = [
+    "ACTIVATIONS",
+    "LAYER_TYPES",
+    "PADDINGS",
+    "RULES",
+    "Activation",
+    "AvgPool",
+    "BatchNorm",
+    "Conv",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "Layer",
+    "LayerRule",
+    "LayerStack",
+    "MaxPool",
+    "Step",
+    "check_masks",
+    "dropout_masks",
+    "is_active_dropout",
+    "layer_name",
+    "layer_shapes",
+    "param_shapes",
+    "rule_of",
+    "validate_layers",
+]
+
 PADDINGS = ("SAME", "VALID")
-
-
-def _check_positive_int(value, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -94,6 +116,11 @@ def _out_len(n: int, k: int, s: int, padding: str) -> int:
     return -(-(n - k + 1) // s) if n >= k else 0
 
 
+def _check_rank(shape, rank: int, kind: str) -> None:
+    if len(shape) != rank:
+        raise ValueError(f"{kind} needs a rank-{rank} input (NHWC), got shape {tuple(shape)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Dense:
     """Fully connected layer on the last axis: y = x W + b.
@@ -109,7 +136,7 @@ class Dense:
     kernel_init: Callable | None = None
 
     def __post_init__(self):
-        _check_positive_int(self.features, "Dense.features")
+        check_positive_int(self.features, "Dense.features")
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (*shape[:-1], self.features)
@@ -136,7 +163,7 @@ class Conv:
     kernel_init: Callable | None = None
 
     def __post_init__(self):
-        _check_positive_int(self.features, "Conv.features")
+        check_positive_int(self.features, "Conv.features")
         object.__setattr__(self, "kernel_size", _pair(self.kernel_size, "Conv.kernel_size"))
         object.__setattr__(self, "strides", _pair(self.strides, "Conv.strides"))
         object.__setattr__(self, "padding", _padding(self.padding))
@@ -214,8 +241,7 @@ class Dropout:
     def __post_init__(self):
         if isinstance(self.rate, bool) or not isinstance(self.rate, int | float):
             raise ValueError(f"Dropout.rate must be a float in [0, 1), got {self.rate!r}")
-        if not 0.0 <= float(self.rate) < 1.0:
-            raise ValueError(f"Dropout.rate must be in [0, 1), got {self.rate!r}")
+        check_scalar(self.rate, "Dropout.rate", minimum=0.0, maximum=1.0, strict_maximum=True)
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(shape)
@@ -234,36 +260,334 @@ class BatchNorm:
     epsilon: float = 1e-5
 
     def __post_init__(self):
-        if not 0.0 <= float(self.momentum) < 1.0:
-            raise ValueError(f"BatchNorm.momentum must be in [0, 1), got {self.momentum!r}")
-        if not float(self.epsilon) > 0.0:
-            raise ValueError(f"BatchNorm.epsilon must be > 0, got {self.epsilon!r}")
+        check_scalar(
+            self.momentum, "BatchNorm.momentum", minimum=0.0, maximum=1.0, strict_maximum=True
+        )
+        check_scalar(self.epsilon, "BatchNorm.epsilon", minimum=0.0, strict_minimum=True)
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(shape)
 
 
 Layer = Dense | Conv | MaxPool | AvgPool | Flatten | Activation | Dropout | BatchNorm
-LAYER_TYPES = (Dense, Conv, MaxPool, AvgPool, Flatten, Activation, Dropout, BatchNorm)
-PARAM_LAYERS = (Dense, Conv, BatchNorm)
 
 
-def _check_rank(shape, rank: int, kind: str) -> None:
-    if len(shape) != rank:
-        raise ValueError(f"{kind} needs a rank-{rank} input (NHWC), got shape {tuple(shape)}")
+# ----------------------------------------------------------------------------- rules
+
+
+class Step(NamedTuple):
+    """What one layer's forward / backward needs besides its spec, parameters and input.
+
+    Attributes:
+        train: Training mode (dropout active, BatchNorm on batch statistics).
+        mask: This layer's dropout keep-mask (see :func:`dropout_masks`), else None.
+        dropout_rate: Optional (traced) rate replacing a Dropout's static rate.
+        stats: This layer's BatchNorm running ``{"mean", "var"}``, else None.
+    """
+
+    train: bool = False
+    mask: Any = None
+    dropout_rate: Any = None
+    stats: Any = None
+
+
+class LayerRule(NamedTuple):
+    """Everything one layer type does, in one record (looked up by :func:`rule_of`).
+
+    Attributes:
+        params: ``(layer, in_shape) -> {leaf: shape}``, the trainable parameters ({} if none).
+        module: ``(layer, x, step, name, param_dtype) -> y``, the forward inside
+            ``LayerStack.__call__`` (declares flax parameters under ``name``).
+        forward: ``(layer, params, x, step) -> (y, cache, new_stats)``, the manual engine's
+            forward from a parameter dict (None for parameter-free layers); ``cache`` is what
+            ``backward`` needs besides the input and output, ``new_stats`` the updated
+            BatchNorm statistics (else ``step.stats``).
+        backward: ``(layer, params, x, y, cache, g, step, need_dx) -> (grads, dx)``, the
+            manual rule: parameter gradients as a dict like ``params`` ({} if none) and
+            dLoss/dx (may be None when ``need_dx`` is False).
+    """
+
+    params: Callable
+    module: Callable
+    forward: Callable
+    backward: Callable
+
+
+def _no_params(layer, in_shape) -> dict:
+    return {}
+
+
+def _parameter_free_module(layer, x, step, name, param_dtype):
+    return rule_of(layer).forward(layer, None, x, step)[0]
+
+
+def _stateless(fn):
+    """A parameter-free forward ``(layer, x, step) -> y`` as a rule's ``forward``."""
+
+    def forward(layer, params, x, step):
+        return fn(layer, x, step), None, step.stats
+
+    return forward
+
+
+def _kernel_and_bias(layer, kernel_shape: tuple) -> dict:
+    shapes = {"kernel": kernel_shape}
+    if layer.use_bias:
+        shapes["bias"] = (layer.features,)
+    return shapes
+
+
+def _with_bias(grads: dict, layer, db) -> dict:
+    return {**grads, "bias": db} if layer.use_bias else grads
+
+
+# Dense -----------------------------------------------------------------------
+
+
+def _dense_module(layer, x, step, name, param_dtype):
+    kwargs = {} if layer.kernel_init is None else {"kernel_init": layer.kernel_init}
+    return nn.Dense(
+        layer.features, use_bias=layer.use_bias, param_dtype=param_dtype, name=name, **kwargs
+    )(x)
+
+
+def _dense_backward(layer, params, x, y, cache, g, step, need_dx):
+    dw, db, dx = kernels.dense_backward(x, params["kernel"], g, need_dx)
+    return _with_bias({"kernel": dw}, layer, db), dx
+
+
+_DENSE = LayerRule(
+    params=lambda layer, s: _kernel_and_bias(layer, (s[-1], layer.features)),
+    module=_dense_module,
+    forward=lambda layer, p, x, step: (
+        kernels.dense(x, p["kernel"], p.get("bias")),
+        None,
+        step.stats,
+    ),
+    backward=_dense_backward,
+)
+
+
+# Conv ------------------------------------------------------------------------
+
+
+class _ConvModule(nn.Module):
+    """flax module for :class:`Conv` using :func:`mljax.nn.kernels.conv`.
+
+    ``kernel`` [kh, kw, c, f] (lecun_normal by default) and ``bias`` [f] (zeros): the same
+    names, shapes and initial values as ``nn.Conv``, so trees and seeds carry over.
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int]
+    padding: str
+    use_bias: bool
+    param_dtype: Any
+    kernel_init: Callable | None
+
+    @nn.compact
+    def __call__(self, x):
+        kh, kw = self.kernel_size
+        init = self.kernel_init or nn.initializers.lecun_normal()
+        kernel = self.param("kernel", init, (kh, kw, x.shape[-1], self.features), self.param_dtype)
+        dtype = jnp.result_type(x.dtype, kernel.dtype)
+        y = kernels.conv(x.astype(dtype), kernel.astype(dtype), tuple(self.strides), self.padding)
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype
+            )
+            y = y + bias.astype(dtype)
+        return y
+
+
+def _conv_module(layer, x, step, name, param_dtype):
+    _check_rank(x.shape, 4, "Conv")
+    return _ConvModule(
+        layer.features,
+        kernel_size=layer.kernel_size,
+        strides=layer.strides,
+        padding=layer.padding,
+        use_bias=layer.use_bias,
+        param_dtype=param_dtype,
+        kernel_init=layer.kernel_init,
+        name=name,
+    )(x)
+
+
+def _conv_forward(layer, params, x, step):
+    y = kernels.conv(x, params["kernel"], tuple(layer.strides), layer.padding)
+    bias = params.get("bias")
+    return (y if bias is None else y + bias), None, step.stats
+
+
+def _conv_backward(layer, params, x, y, cache, g, step, need_dx):
+    geometry = (layer.strides, layer.padding)
+    dw = kernels.conv_kernel_grad(x, g, layer.kernel_size, *geometry)
+    grads = _with_bias({"kernel": dw}, layer, jnp.sum(g, axis=(0, 1, 2)))
+    dx = kernels.conv_input_grad(g, params["kernel"], *geometry, x.shape[1:3]) if need_dx else None
+    return grads, dx
+
+
+_CONV = LayerRule(
+    params=lambda layer, s: _kernel_and_bias(layer, (*layer.kernel_size, s[-1], layer.features)),
+    module=_conv_module,
+    forward=_conv_forward,
+    backward=_conv_backward,
+)
+
+
+# Pooling, flatten, activation, dropout ---------------------------------------
+
+
+def _pool(fn, kind):
+    def forward(layer, x, step):
+        _check_rank(x.shape, 4, kind)
+        return fn(x, layer.window, layer.strides, layer.padding)
+
+    return forward
+
+
+_MAX_POOL = LayerRule(
+    params=_no_params,
+    module=_parameter_free_module,
+    forward=_stateless(_pool(kernels.max_pool, "MaxPool")),
+    backward=lambda layer, p, x, y, cache, g, step, need_dx: (
+        {},
+        kernels.max_pool_backward(x, g, layer.window, layer.strides, layer.padding),
+    ),
+)
+
+_AVG_POOL = LayerRule(
+    params=_no_params,
+    module=_parameter_free_module,
+    forward=_stateless(_pool(kernels.avg_pool, "AvgPool")),
+    backward=lambda layer, p, x, y, cache, g, step, need_dx: (
+        {},
+        kernels.avg_pool_backward(g, layer.window, layer.strides, layer.padding, x.shape),
+    ),
+)
+
+_FLATTEN = LayerRule(
+    params=_no_params,
+    module=_parameter_free_module,
+    forward=_stateless(lambda layer, x, step: x.reshape(x.shape[0], -1)),
+    backward=lambda layer, p, x, y, cache, g, step, need_dx: ({}, g.reshape(x.shape)),
+)
+
+_ACTIVATION = LayerRule(
+    params=_no_params,
+    module=_parameter_free_module,
+    forward=_stateless(lambda layer, x, step: kernels.activation(layer.name)(x)),
+    backward=lambda layer, p, x, y, cache, g, step, need_dx: (
+        {},
+        kernels.activation_backward(layer.name, y, g),
+    ),
+)
+
+
+def _dropout_rate_in_use(layer, step):
+    """The rate this Dropout applies in this step, or None when it is the identity."""
+    if not (step.train and is_active_dropout(layer, step.dropout_rate)):
+        return None
+    return layer.rate if step.dropout_rate is None else step.dropout_rate
+
+
+def _dropout_forward(layer, x, step):
+    rate = _dropout_rate_in_use(layer, step)
+    return x if rate is None else kernels.dropout(x, step.mask, rate)
+
+
+def _dropout_backward(layer, params, x, y, cache, g, step, need_dx):
+    rate = _dropout_rate_in_use(layer, step)
+    return {}, (g if rate is None else kernels.dropout_backward(g, step.mask, rate))
+
+
+_DROPOUT = LayerRule(
+    params=_no_params,
+    module=_parameter_free_module,
+    forward=_stateless(_dropout_forward),
+    backward=_dropout_backward,
+)
+
+
+# BatchNorm -------------------------------------------------------------------
+
+
+def _batch_norm_module(layer, x, step, name, param_dtype):
+    return nn.BatchNorm(
+        use_running_average=not step.train,
+        momentum=layer.momentum,
+        epsilon=layer.epsilon,
+        use_fast_variance=False,
+        param_dtype=param_dtype,
+        name=name,
+    )(x)
+
+
+def _batch_norm_forward(layer, params, x, step):
+    return kernels.batch_norm(
+        x,
+        params["scale"],
+        params["bias"],
+        momentum=layer.momentum,
+        epsilon=layer.epsilon,
+        train=step.train,
+        stats=step.stats,
+    )
+
+
+def _batch_norm_backward(layer, params, x, y, cache, g, step, need_dx):
+    dscale, dbias, dx = kernels.batch_norm_backward(g, params["scale"], cache, train=step.train)
+    return {"scale": dscale, "bias": dbias}, dx
+
+
+_BATCH_NORM = LayerRule(
+    params=lambda layer, s: {"scale": (s[-1],), "bias": (s[-1],)},
+    module=_batch_norm_module,
+    forward=_batch_norm_forward,
+    backward=_batch_norm_backward,
+)
+
+
+RULES: dict[type, LayerRule] = {
+    Dense: _DENSE,
+    Conv: _CONV,
+    MaxPool: _MAX_POOL,
+    AvgPool: _AVG_POOL,
+    Flatten: _FLATTEN,
+    Activation: _ACTIVATION,
+    Dropout: _DROPOUT,
+    BatchNorm: _BATCH_NORM,
+}
+"""The one table from layer spec class to its :class:`LayerRule`."""
+
+LAYER_TYPES = tuple(RULES)
+
+
+def rule_of(layer: Layer) -> LayerRule:
+    """The :class:`LayerRule` of a layer spec (raises ValueError for anything else)."""
+    try:
+        return RULES[type(layer)]
+    except (KeyError, TypeError):
+        names = ", ".join(t.__name__ for t in RULES)
+        raise ValueError(f"a layer must be one of {names}; got {layer!r}") from None
+
+
+# ----------------------------------------------------------------------------- stacks
 
 
 def validate_layers(layers: Sequence[Any]) -> tuple[Layer, ...]:
     """Return ``layers`` as a tuple, raising ValueError if an entry is not a layer spec."""
-    if isinstance(layers, LAYER_TYPES):
+    if type(layers) in RULES:
         raise ValueError("layers must be a sequence of layer specs, got a single layer")
     try:
         layers = tuple(layers)
     except TypeError:
         raise ValueError(f"layers must be a sequence of layer specs, got {layers!r}") from None
     for i, layer in enumerate(layers):
-        if not isinstance(layer, LAYER_TYPES):
-            names = ", ".join(t.__name__ for t in LAYER_TYPES)
+        if type(layer) not in RULES:
+            names = ", ".join(t.__name__ for t in RULES)
             raise ValueError(f"layers[{i}] must be one of {names}; got {layer!r}")
     return layers
 
@@ -290,6 +614,24 @@ def layer_shapes(layers: Sequence[Layer], input_shape: Sequence[int]) -> tuple[t
             raise ValueError(f"{layer!r} turns input shape {shapes[-1]} into empty {shape}")
         shapes.append(shape)
     return tuple(shapes)
+
+
+def param_shapes(layers: Sequence[Layer], input_shape: Sequence[int]) -> dict[str, dict]:
+    """Trainable parameter shapes ``{"layer_i": {leaf: shape}}`` of the stack (the structure
+    of ``variables["params"]``), for an input of ``input_shape``."""
+    shapes = layer_shapes(layers, input_shape)
+    out = {}
+    for i, layer in enumerate(validate_layers(layers)):
+        leaves = rule_of(layer).params(layer, shapes[i])
+        if leaves:
+            out[layer_name(i)] = leaves
+    return out
+
+
+def is_active_dropout(layer, rate=None) -> bool:
+    """Whether ``layer`` drops units in training: a Dropout with a static rate > 0, or any
+    Dropout when a (traced) ``rate`` overrides the static one."""
+    return isinstance(layer, Dropout) and (rate is not None or layer.rate > 0)
 
 
 def dropout_masks(
@@ -319,281 +661,10 @@ def dropout_masks(
     return tuple(masks)
 
 
-def is_active_dropout(layer, rate=None) -> bool:
-    """Whether ``layer`` drops units in training: a Dropout with a static rate > 0, or any
-    Dropout when a (traced) ``rate`` overrides the static one."""
-    return isinstance(layer, Dropout) and (rate is not None or layer.rate > 0)
-
-
-def apply_dropout(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
-    """Inverted dropout with a given keep-mask: x · keep / (1 - rate)."""
-    # One scalar reciprocal, then a multiply: with a traced rate, x / (1 - rate) was rounded
-    # differently vmapped and alone (XLA rewrote one of them), breaking sweep == single run.
-    return jnp.where(keep, x * (1.0 / (1.0 - rate)), jnp.zeros((), x.dtype))
-
-
-def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
-    """The elementwise function for an activation name."""
-    return {
-        "relu": jax.nn.relu,
-        "sigmoid": jax.nn.sigmoid,
-        "tanh": jnp.tanh,
-        "identity": lambda x: x,
-    }[name]
-
-
-def _pool_padding(layer: _Pool, shape) -> tuple:
-    """lax.reduce_window padding (with zero padding on batch and channel axes)."""
-    pads = lax.padtype_to_pads(shape[1:3], layer.window, layer.strides, layer.padding)
-    return ((0, 0), *pads, (0, 0))
-
-
-def max_pool_lax(x: jax.Array, layer: MaxPool) -> jax.Array:
-    """Max pooling as one ``lax.reduce_window`` (differentiated by XLA's select-and-scatter).
-
-    The plain formulation: the reference the custom-gradient :func:`max_pool` is tested against.
-    """
-    _check_rank(x.shape, 4, "MaxPool")
-    return lax.reduce_window(
-        x,
-        -jnp.inf,
-        lax.max,
-        (1, *layer.window, 1),
-        (1, *layer.strides, 1),
-        _pool_padding(layer, x.shape),
-    )
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def max_pool(x: jax.Array, layer: MaxPool) -> jax.Array:
-    """Max pooling of an NHWC array (padded positions are -inf, never selected).
-
-    Forward: ``lax.reduce_window``. Backward (a ``jax.custom_vjp``): the gradient is routed
-    to each window's maximum by strided slices and selects (first maximum in row-major window
-    order on ties, the same rule as XLA's select-and-scatter and as
-    :func:`mljax.nn.backprop.max_pool_backward`, which computes it). XLA on CPU runs
-    select-and-scatter several times slower than this slice/select form.
-
-    ``jax.custom_vjp`` supports reverse mode (``grad``/``vjp``) and ``vmap`` only: forward
-    mode (``jvp``, ``jacfwd``) through this function raises; use :func:`max_pool_lax` there.
-    """
-    return max_pool_lax(x, layer)
-
-
-def _max_pool_fwd(x, layer):
-    y = max_pool_lax(x, layer)
-    return y, (x, y)
-
-
-def _max_pool_bwd(layer, res, g):
-    from mljax.nn.backprop import max_pool_backward  # backprop imports this module
-
-    x, y = res
-    return (max_pool_backward(x, y, g, layer),)
-
-
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
-_CONV_DIMS = ("NHWC", "HWIO", "NHWC")
-
-
-def conv_lax(x: jax.Array, kernel: jax.Array, strides, padding: str) -> jax.Array:
-    """Cross-correlation ``x ⋆ W`` as one ``lax.conv_general_dilated`` (x NHWC, W HWIO).
-
-    The plain formulation: the reference the custom-gradient :func:`conv` is tested against.
-    """
-    return lax.conv_general_dilated(
-        x, kernel, tuple(strides), padding, dimension_numbers=_CONV_DIMS
-    )
-
-
-def window_slices(x: jax.Array, kernel_size, strides, padding: str, out_hw) -> list[jax.Array]:
-    """The kh·kw strided slices of the zero-padded x [n, h, w, c], one per window offset
-    (p, q) in row-major order, each [n, oh, ow, c]: ``y = Σ_pq slice_pq @ W[p, q]``."""
-    (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_hw
-    pads = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
-    xp = lax.pad(
-        x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0))
-    )
-    n, c = x.shape[0], x.shape[3]
-    return [
-        lax.slice(
-            xp, (0, p, q, 0), (n, p + (oh - 1) * sh + 1, q + (ow - 1) * sw + 1, c), (1, sh, sw, 1)
-        )
-        for p in range(kh)
-        for q in range(kw)
-    ]
-
-
-def im2col(x: jax.Array, kernel_size, strides, padding: str, out_hw) -> jax.Array:
-    """Patches of x [n, h, w, c] for a kernel of ``kernel_size``: [n, oh, ow, kh·kw·c].
-
-    The last axis is ordered (p, q, c) (row-major over the window, then channel), so that
-    ``patches.reshape(-1, kh·kw·c) @ W.reshape(kh·kw·c, f)`` is the convolution. Built from
-    the kh·kw :func:`window_slices` of the zero-padded input (no identity-kernel convolution).
-    """
-    return jnp.concatenate(window_slices(x, kernel_size, strides, padding, out_hw), axis=-1)
-
-
-def conv_output_hw(in_hw, kernel_size, strides, padding: str) -> tuple[int, int]:
-    """Spatial output size of a convolution (as ``lax.conv_general_dilated``)."""
-    pads = lax.padtype_to_pads(in_hw, kernel_size, strides, padding)
-    return tuple(
-        (size + lo + hi - k) // st + 1
-        for size, (lo, hi), k, st in zip(in_hw, pads, kernel_size, strides, strict=True)
-    )
-
-
-IM2COL_MAX_PATCH = 16
-"""Largest patch width kh·kw·c for which :func:`conv` runs as one im2col matmul (forward and
-kernel gradient)."""
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str) -> jax.Array:
-    """``x ⋆ W`` (as :func:`conv_lax`) in the formulations that XLA CPU runs fastest.
-
-    With g = dL/dy [n, oh, ow, f] and the kh·kw :func:`window_slices` X_pq of x:
-
-        narrow patches (kh·kw·c ≤ IM2COL_MAX_PATCH, e.g. a first layer on images):
-            y  = im2col(x) W                one [n·oh·ow, kh·kw·c] × [kh·kw·c, f] matmul
-            dW = im2col(x)ᵀ g               one matmul
-        wider patches:
-            y  = conv_lax(x, W)             XLA's own convolution
-            dW[p, q] = X_pqᵀ g              kh·kw matmuls [c, n·oh·ow] × [n·oh·ow, f]
-        dx = conv_lax's own input gradient (a transposed convolution of g with W)
-
-    Measured here (batch 200, 3×3 SAME, jax 0.10.2 CPU, ms): forward of a 1-channel 28×28
-    input to 16 filters 5.6 through XLA vs 1.9-2.6 by im2col (to 32 filters about even);
-    kernel gradient of a 1-channel input to 32 filters 14.8 (XLA) vs 4.9 (im2col) vs 14.3
-    (per-offset matmuls); with 16 channels to 16 filters at 14×14: 6.4 (XLA) vs 4.8 (im2col)
-    vs 4.0 (per-offset); 32 channels to 64 filters at 14×14: 77 (XLA) vs 77 (im2col) vs 32
-    (per-offset). XLA's own forward stayed fastest for the wider patches (1.9 and 19 ms vs
-    6-7 and 45-57 by im2col).
-
-    ``jax.custom_vjp`` supports reverse mode (``grad``/``vjp``) and ``vmap`` only: forward
-    mode (``jvp``, ``jacfwd``) through this function raises; use :func:`conv_lax` there.
-    """
-    return _conv_forward(x, kernel, strides, padding)
-
-
-def _conv_forward(x, kernel, strides, padding):
-    kh, kw, c, f = kernel.shape
-    if kh * kw * c > IM2COL_MAX_PATCH:
-        return conv_lax(x, kernel, strides, padding)
-    out_hw = conv_output_hw(x.shape[1:3], (kh, kw), tuple(strides), padding)
-    patches = im2col(x, (kh, kw), strides, padding, out_hw)
-    y = jnp.matmul(patches.reshape(-1, kh * kw * c), kernel.reshape(kh * kw * c, f))
-    return y.reshape(x.shape[0], *out_hw, f)
-
-
-def _conv_fwd(x, kernel, strides, padding):
-    return _conv_forward(x, kernel, strides, padding), (x, kernel)
-
-
-def conv_kernel_grad(x: jax.Array, g: jax.Array, kernel_size, strides, padding: str):
-    """dW [kh, kw, c, f] of ``y = x ⋆ W`` for the output gradient g [n, oh, ow, f]:
-
-        dW[p, q, c, f] = Σ_{n,i,j} x̃[n, s_h i + p, s_w j + q, c] · g[n, i, j, f]
-
-    (x̃ = x zero-padded), i.e. ``X_pqᵀ g`` for each window offset's slice X_pq: one matmul per
-    offset, or one im2col matmul when kh·kw·c ≤ IM2COL_MAX_PATCH (see :func:`conv`)."""
-    kh, kw = kernel_size
-    c, f = x.shape[-1], g.shape[-1]
-    geometry = ((kh, kw), tuple(strides), padding, g.shape[1:3])
-    gf = g.reshape(-1, f)
-    if kh * kw * c <= IM2COL_MAX_PATCH:
-        dk = jnp.matmul(im2col(x, *geometry).reshape(-1, kh * kw * c).T, gf)
-    else:
-        dk = jnp.stack([jnp.matmul(xs.reshape(-1, c).T, gf) for xs in window_slices(x, *geometry)])
-    return dk.reshape(kh, kw, c, f)
-
-
-def _conv_bwd(strides, padding, res, g):
-    x, kernel = res
-    _, vjp_x = jax.vjp(lambda a: conv_lax(a, kernel, strides, padding), x)
-    (dx,) = vjp_x(g)  # dropped by dead-code elimination where x needs no gradient
-    dk = conv_kernel_grad(x, g, kernel.shape[:2], strides, padding)
-    return dx, dk.astype(kernel.dtype)
-
-
-conv.defvjp(_conv_fwd, _conv_bwd)
-
-
-class _ConvModule(nn.Module):
-    """flax module for :class:`Conv` using :func:`conv`; parameters as ``flax.linen.Conv``.
-
-    ``kernel`` [kh, kw, c, f] (lecun_normal by default) and ``bias`` [f] (zeros): the same
-    names, shapes and initial values as ``nn.Conv``, so trees and seeds carry over.
-    """
-
-    features: int
-    kernel_size: tuple[int, int]
-    strides: tuple[int, int]
-    padding: str
-    use_bias: bool
-    param_dtype: Any
-    kernel_init: Callable | None
-
-    @nn.compact
-    def __call__(self, x):
-        kh, kw = self.kernel_size
-        init = self.kernel_init or nn.initializers.lecun_normal()
-        kernel = self.param("kernel", init, (kh, kw, x.shape[-1], self.features), self.param_dtype)
-        dtype = jnp.result_type(x.dtype, kernel.dtype)
-        y = conv(x.astype(dtype), kernel.astype(dtype), tuple(self.strides), self.padding)
-        if self.use_bias:
-            bias = self.param(
-                "bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype
-            )
-            y = y + bias.astype(dtype)
-        return y
-
-
-def avg_pool(x: jax.Array, layer: AvgPool) -> jax.Array:
-    """Average pooling of an NHWC array: window sum / (kh·kw), padded zeros counted."""
-    _check_rank(x.shape, 4, "AvgPool")
-    total = lax.reduce_window(
-        x,
-        0.0,
-        lax.add,
-        (1, *layer.window, 1),
-        (1, *layer.strides, 1),
-        _pool_padding(layer, x.shape),
-    )
-    return total / math.prod(layer.window)
-
-
-PARAMETER_FREE = (MaxPool, AvgPool, Flatten, Activation, Dropout)
-
-
-def apply_parameter_free(layer, x: jax.Array, *, train: bool, mask, dropout_rate=None) -> jax.Array:
-    """Forward of a layer without parameters; shared by ``LayerStack`` and the manual engine.
-
-    Args:
-        layer: a ``MaxPool``, ``AvgPool``, ``Flatten``, ``Activation`` or ``Dropout``.
-        x: its input.
-        train: dropout is applied only in training mode.
-        mask: the dropout keep-mask for this layer (see :func:`dropout_masks`), else None.
-        dropout_rate: optional (traced) rate replacing a Dropout's static rate.
-    """
-    if isinstance(layer, MaxPool):
-        return max_pool(x, layer)
-    if isinstance(layer, AvgPool):
-        return avg_pool(x, layer)
-    if isinstance(layer, Flatten):
-        return x.reshape(x.shape[0], -1)
-    if isinstance(layer, Activation):
-        return activation_fn(layer.name)(x)
-    if isinstance(layer, Dropout):
-        if not (train and is_active_dropout(layer, dropout_rate)):
-            return x
-        return apply_dropout(x, mask, layer.rate if dropout_rate is None else dropout_rate)
-    raise ValueError(
-        f"{type(layer).__name__} has parameters; allowed here: "
-        f"{', '.join(t.__name__ for t in PARAMETER_FREE)}"
-    )
+def check_masks(masks, layers) -> None:
+    """Raise ValueError unless ``masks`` has one entry per layer."""
+    if len(masks) != len(layers):
+        raise ValueError(f"masks must have one entry per layer ({len(layers)}), got {len(masks)}")
 
 
 class LayerStack(nn.Module):
@@ -626,52 +697,11 @@ class LayerStack(nn.Module):
             The network output (logits / pre-activation of the last layer if it is Dense/Conv).
         """
         layers = validate_layers(self.layers)
-        has_dropout = any(is_active_dropout(lay, dropout_rate) for lay in layers)
-        if train and has_dropout:
+        if train and any(is_active_dropout(lay, dropout_rate) for lay in layers):
             if masks is None:
                 masks = dropout_masks(self.make_rng("dropout"), layers, x.shape, dropout_rate)
-            elif len(masks) != len(layers):
-                raise ValueError(
-                    f"masks must have one entry per layer ({len(layers)}), got {len(masks)}"
-                )
+            check_masks(masks, layers)
         for i, layer in enumerate(layers):
-            name = layer_name(i)
-            if isinstance(layer, Dense):
-                kwargs = {} if layer.kernel_init is None else {"kernel_init": layer.kernel_init}
-                x = nn.Dense(
-                    layer.features,
-                    use_bias=layer.use_bias,
-                    param_dtype=self.param_dtype,
-                    name=name,
-                    **kwargs,
-                )(x)
-            elif isinstance(layer, Conv):
-                _check_rank(x.shape, 4, "Conv")
-                x = _ConvModule(
-                    layer.features,
-                    kernel_size=layer.kernel_size,
-                    strides=layer.strides,
-                    padding=layer.padding,
-                    use_bias=layer.use_bias,
-                    param_dtype=self.param_dtype,
-                    kernel_init=layer.kernel_init,
-                    name=name,
-                )(x)
-            elif isinstance(layer, PARAMETER_FREE):
-                x = apply_parameter_free(
-                    layer,
-                    x,
-                    train=train,
-                    mask=None if masks is None else masks[i],
-                    dropout_rate=dropout_rate,
-                )
-            elif isinstance(layer, BatchNorm):
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=layer.momentum,
-                    epsilon=layer.epsilon,
-                    use_fast_variance=False,
-                    param_dtype=self.param_dtype,
-                    name=name,
-                )(x)
+            step = Step(train, None if masks is None else masks[i], dropout_rate)
+            x = rule_of(layer).module(layer, x, step, layer_name(i), self.param_dtype)
         return x

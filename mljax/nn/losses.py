@@ -1,18 +1,28 @@
-"""Losses and weight penalties, with the conventions the seed reports use.
+"""Losses and weight penalties: the one place that defines each name.
 
 With network outputs z [n, k] (logits unless stated) and n the batch size:
 
     softmax_cross_entropy(z, y)  = (1/n) Σ_i [logsumexp(z_i) - z_{i, y_i}],   y [n] integer labels
-    squared_error(z, t)          = ½ Σ_{i,j} (z_ij - t_ij)²                    (reduction="sum")
-                                 = (1/n) · ½ Σ_{i,j} (z_ij - t_ij)²            (reduction="mean")
+    squared_error(z, t)          = ½ Σ_{i,j} (z_ij - t_ij)²          a SUM over the batch
+    mean_squared_error(z, t)     = (1/n) · ½ Σ_{i,j} (z_ij - t_ij)²  the batch MEAN of the above
     binary_cross_entropy(z, t)   = (1/n) Σ_{i,j} [softplus(z_ij) - t_ij z_ij]  (z are logits)
-    l2_penalty(params, λ)        = λ Σ_W ‖W‖²   over kernels W, WITHOUT a ½ (gradient 2λW)
-    l1_penalty(params, λ)        = λ Σ_W Σ |W|  over kernels W
 
-Seed conventions: seed 001 uses mean cross-entropy + λ(‖W1‖² + ‖W2‖²) (no ½, biases not
-penalised). Seed 002 trains on ½ Σ err² summed over the samples (``reduction="sum"``: its
-gradient is the sum of per-sample gradients) and reports the mean of ½ err² over the samples
-(``reduction="mean"``, the same as ``"sum"`` / n). The binary cross-entropy uses
+Penalties, over the kernels W only (biases and batch-norm scales are not penalised):
+
+    l2_penalty(params, λ)        = (λ/2) Σ_W ‖W‖²   gradient λW    ("l2" everywhere: the
+                                   training engine's ``Hyper.l2``, ``backprop.grads(l2=)``,
+                                   the Playground, optax's weight decay)
+    reg_penalty(params, λ)       = λ Σ_W ‖W‖²       gradient 2λW   ("reg": seed 001's
+                                   regularisation, no ½; ``backprop.grads(reg=)``)
+    l1_penalty(params, λ)        = λ Σ_W Σ|W|       gradient λ sign(W)
+
+So ``l2_penalty(params, 2λ) == reg_penalty(params, λ)``.
+
+Seed conventions: seed 001 uses mean cross-entropy + reg λ(‖W1‖² + ‖W2‖²). Seed 002 trains on
+``squared_error`` (½ Σ err² summed over the samples: its gradient is the sum of per-sample
+gradients) and reports ``mean_squared_error`` (the same / n). The training engine
+(:mod:`mljax.train.loop`) averages per-example losses over a batch, so a task's squared-error
+loss is always ``mean_squared_error``. The binary cross-entropy uses
 softplus(z) - t·z = max(z, 0) - t·z + log1p(exp(-|z|)), which never overflows.
 """
 
@@ -23,7 +33,22 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "LOSSES",
+    "REDUCTIONS",
+    "binary_cross_entropy",
+    "get",
+    "kernel_leaves",
+    "l1_penalty",
+    "l2_penalty",
+    "mean_squared_error",
+    "reg_penalty",
+    "softmax_cross_entropy",
+    "squared_error",
+]
+
 LOSSES = ("softmax_cross_entropy", "squared_error", "mean_squared_error", "binary_cross_entropy")
+"""Every loss name; :func:`get` maps each to its function (the one tuple the package uses)."""
 REDUCTIONS = ("sum", "mean")
 
 
@@ -65,27 +90,33 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(lse - picked)
 
 
-def squared_error(outputs: jax.Array, targets: jax.Array, *, reduction: str = "sum") -> jax.Array:
-    """½ Σ (z - t)², summed over everything ("sum") or divided by the batch size n ("mean").
+def squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """½ Σ (z - t)², summed over everything, batch included (seed 002's training loss).
 
     Args:
         outputs: [n, ...] network outputs z.
         targets: Targets t of the same shape.
-        reduction: "sum" (seed 002's training loss) or "mean" (seed 002's reported loss).
 
     Returns:
         Scalar loss.
     """
-    _reduction(reduction)
     outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
     _check_same_shape(outputs, targets, "squared_error")
-    total = 0.5 * jnp.sum(jnp.square(outputs - targets))
-    return total if reduction == "sum" else total / outputs.shape[0]
+    return 0.5 * jnp.sum(jnp.square(outputs - targets))
 
 
 def mean_squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """``squared_error(..., reduction="mean")``: (1/n) · ½ Σ (z - t)²."""
-    return squared_error(outputs, targets, reduction="mean")
+    """(1/n) · ½ Σ (z - t)²: :func:`squared_error` divided by the batch size n.
+
+    Args:
+        outputs: [n, ...] network outputs z.
+        targets: Targets t of the same shape.
+
+    Returns:
+        Scalar loss (seed 002's reported loss; the training engine's squared error).
+    """
+    outputs = jnp.asarray(outputs)
+    return squared_error(outputs, targets) / outputs.shape[0]
 
 
 def binary_cross_entropy(
@@ -144,6 +175,11 @@ def _sum_scalars(terms: list[jax.Array]) -> jax.Array:
 
 
 def l2_penalty(params, lam) -> jax.Array:
+    """(λ/2) Σ_W ‖W‖² over the kernels: its gradient is λW (module docstring)."""
+    return 0.5 * lam * _sum_scalars([jnp.sum(jnp.square(w)) for w in kernel_leaves(params)])
+
+
+def reg_penalty(params, lam) -> jax.Array:
     """λ Σ_W ‖W‖² over the kernels, with NO factor ½ (seed 001): its gradient is 2λW."""
     return lam * _sum_scalars([jnp.sum(jnp.square(w)) for w in kernel_leaves(params)])
 

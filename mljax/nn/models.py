@@ -39,9 +39,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mljax.data import toy
 from mljax.nn.layers import (
     ACTIVATIONS,
     Activation,
@@ -58,18 +56,45 @@ from mljax.nn.layers import (
     layer_shapes,
     validate_layers,
 )
+from mljax.validation import check_positive_int, check_scalar
+
+__all__ = [
+    "MNIST_SHAPE",
+    "NORM_POSITIONS",
+    "POOL_KINDS",
+    "TFD_SHAPE",
+    "ConvBlock",
+    "ParamCount",
+    "SeedModel",
+    "build",
+    "cnn",
+    "count_params",
+    "fashion_cnn",
+    "fashion_cnn_v2",
+    "fashion_mlp",
+    "format_param_table",
+    "mlp",
+    "mnist_cnn",
+    "mnist_linear",
+    "mnist_mlp1",
+    "mnist_mlp2",
+    "param_rows",
+    "param_table",
+    "print_param_table",
+    "seed_models",
+    "sigmoid_net",
+    "sigmoid_net_params",
+    "tfd_cnn",
+    "tfd_nn",
+    "two_layer_net",
+    "variable_shapes",
+]
 
 NORM_POSITIONS = ("before", "after")
 POOL_KINDS = ("max", "avg")
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _per_layer(value: Any, n: int, name: str, kinds: tuple[type, ...]) -> tuple:
@@ -102,9 +127,9 @@ def _norm_position(value: Any) -> str:
 def _dropout_rate(rate: Any, name: str) -> float:
     if rate is None:
         return 0.0
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
         raise ValueError(f"{name} must be a float in [0, 1), got {rate!r}")
-    return float(rate)
+    return float(check_scalar(rate, name, minimum=0.0, maximum=1.0, strict_maximum=True))
 
 
 # ----------------------------------------------------------------------------- builders
@@ -171,8 +196,8 @@ def mlp(
         hidden = tuple(hidden)
     except TypeError:
         raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}") from None
-    widths = [_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden)]
-    outputs = _positive_int(outputs, "outputs")
+    widths = [check_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden)]
+    outputs = check_positive_int(outputs, "outputs")
     activation = _activation(activation, "activation")
     if output_activation is not None:
         output_activation = _activation(output_activation, "output_activation")
@@ -221,7 +246,7 @@ class ConvBlock:
     dropout: float = 0.0
 
     def __post_init__(self):
-        _positive_int(self.features, "ConvBlock.features")
+        check_positive_int(self.features, "ConvBlock.features")
         if self.pool_kind not in POOL_KINDS:
             raise ValueError(
                 f"ConvBlock.pool_kind must be one of {POOL_KINDS}, got {self.pool_kind!r}"
@@ -396,15 +421,13 @@ def sigmoid_net(hidden: int = 3, *, kernel_init: Callable | None = None) -> tupl
     )
 
 
-def sigmoid_net_params(
-    weights: Mapping[str, float] = toy.SIGMOID_NET_WEIGHTS, *, dtype: Any = jnp.float32
-) -> dict:
+def sigmoid_net_params(weights: Mapping[str, float], *, dtype: Any = jnp.float32) -> dict:
     """Seed 002 Question 2.3's weights as the ``params`` tree of :func:`sigmoid_net`.
 
     Args:
-        weights: ``{"w52", "w53", "w54", "w21", "w31", "w41"}`` (``w<from><to>``), by default
-            the report's table: w(5→2) = -3, w(5→3) = 2, w(5→4) = -10, w(2→1) = 3,
-            w(3→1) = -4, w(4→1) = -1.
+        weights: ``{"w52", "w53", "w54", "w21", "w31", "w41"}`` (``w<from><to>``), e.g. the
+            report's table ``mljax.data.toy.SIGMOID_NET_WEIGHTS``: w(5→2) = -3, w(5→3) = 2,
+            w(5→4) = -10, w(2→1) = 3, w(3→1) = -4, w(4→1) = -1.
         dtype: parameter dtype.
 
     Returns:
@@ -428,7 +451,8 @@ def two_layer_net(
 ) -> tuple[Layer, ...]:
     """Seed 001 (CIFAR-10 two-layer net): ``affine → ReLU → affine``; softmax in the loss.
 
-    The report's loss is mean softmax cross-entropy + λ(‖W1‖² + ‖W2‖²). Its toy check uses
+    The report's loss is mean softmax cross-entropy + λ(‖W1‖² + ‖W2‖²) (``reg``, no ½:
+    see :mod:`mljax.nn.losses`). Its toy check uses
     4 inputs, 10 hidden units and 3 classes; its best CIFAR-10 model 100 hidden units. Starts
     with ``Flatten`` so that ``[n, 32, 32, 3]`` images and ``[n, d]`` features both work.
     Parameters: layer_1 (W1 ``[d, hidden]``, b1), layer_3 (W2 ``[hidden, classes]``, b2).
@@ -740,7 +764,3 @@ def print_param_table(models: Sequence[SeedModel] | None = None) -> list[dict[st
     rows = param_table(models)
     print(format_param_table(rows))
     return rows
-
-
-if __name__ == "__main__":
-    print_param_table()

@@ -1,13 +1,14 @@
 """Tasks from the layer vocabulary: a :class:`mljax.nn.layers.LayerStack`, a loss, metrics.
 
-Per-example losses (their mean over a batch equals :mod:`mljax.nn.losses`' batch losses):
+Per-example losses for the names in :data:`mljax.nn.losses.LOSSES` (defined there):
 
     softmax_cross_entropy   logsumexp(z) - z_y                    (y integer labels)
     mean_squared_error      ½ Σ_j (z_j - t_j)²                    (the Playground's loss with
-                                                                    a tanh output and t = ±1)
-    squared_error           ½ Σ_j (z_j - t_j)²                    (batch mean; nn's "sum"
-                                                                    reduction differs by n)
+    squared_error                                                   a tanh output and t = ±1)
     binary_cross_entropy    Σ_j softplus(z_j) - t_j z_j           (z logits)
+
+The training engine averages them over a batch, which is ``mean_squared_error``; a task with
+``loss="squared_error"`` (the batch *sum*) is therefore refused.
 
 Metric ``accuracy``: argmax(z) = y for softmax; sign(z) = sign(t) for a ±1 target with one
 output (tanh or squared-error regression on ±1 labels); (z > 0) = (t > ½) for binary
@@ -23,27 +24,36 @@ the flax forward and in the manual engine alike, so a sweep vmaps over dropout r
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from mljax.nn import backprop
 from mljax.nn.layers import (
     Conv,
     Dropout,
+    Layer,
     LayerStack,
     dropout_masks,
     is_active_dropout,
     validate_layers,
 )
+from mljax.nn.losses import LOSSES
 from mljax.train.loop import Task
 
-LOSSES = ("softmax_cross_entropy", "mean_squared_error", "squared_error", "binary_cross_entropy")
+__all__ = ["accuracy_fn", "layer_task", "per_example_loss_fn"]
 
 
 def per_example_loss_fn(loss: str):
-    """``(outputs [n, ...], y) -> [n]`` for a loss name in :data:`LOSSES`."""
+    """``(outputs [n, ...], y) -> [n]`` for a loss name in :data:`mljax.nn.losses.LOSSES`.
+
+    "squared_error" and "mean_squared_error" have the same per-example loss ½ Σ_j (z_j - t_j)²:
+    its batch sum is the first, its batch mean the second.
+    """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if loss == "softmax_cross_entropy":
@@ -98,6 +108,76 @@ def _set_biases(params, value: float):
     return jax.tree_util.tree_map_with_path(f, params)
 
 
+class _Dropout(NamedTuple):
+    """Which dropout rate and masks a step uses (the same for ``apply`` and ``manual_grad``)."""
+
+    layers: tuple[Layer, ...]
+    from_hyper: bool  # every Dropout uses the traced Hyper.dropout_rate
+
+    def rate(self, hparams, train: bool):
+        return hparams.dropout_rate if (self.from_hyper and train) else None
+
+    def masks(self, rng, x, train: bool, rate):
+        # With from_hyper, a traced rate replaces the spec's: is_active_dropout only tests it
+        # against None, so the marker 0.0 makes every Dropout layer active.
+        marker = 0.0 if self.from_hyper else None
+        if train and any(is_active_dropout(lay, marker) for lay in self.layers):
+            return dropout_masks(rng, self.layers, x.shape, rate)
+        return None
+
+
+def _init(model, input_shape, param_dtype, bias_init, key):
+    variables = model.init(key, jnp.zeros(input_shape, param_dtype))
+    params = variables["params"]
+    if bias_init is not None:
+        params = _set_biases(params, bias_init)
+    return params, variables.get("batch_stats", {})
+
+
+def _apply(model, dropout: _Dropout, params, state, x, *, train, rng, hparams):
+    variables = {"params": params, **({"batch_stats": state} if state else {})}
+    rate = dropout.rate(hparams, train)
+    kwargs = {"train": train, "masks": dropout.masks(rng, x, train, rate), "dropout_rate": rate}
+    if train and state:
+        out, updates = model.apply(variables, x, mutable=["batch_stats"], **kwargs)
+        return out, updates["batch_stats"]
+    return model.apply(variables, x, **kwargs), state
+
+
+def _manual_grad(loss: str, dropout: _Dropout, params, batch, rng, state, hparams):
+    x, y, _ = batch  # full batches only (checked before tracing)
+    rate = dropout.rate(hparams, True)
+    bp = backprop.grads(
+        dropout.layers,
+        params,
+        x,
+        y,
+        loss=loss,
+        train=True,
+        masks=dropout.masks(rng, x, True, rate),
+        batch_stats=state if state else None,
+        dropout_rate=rate,
+    )
+    return bp.loss, bp.grads, (bp.batch_stats if state else state)
+
+
+def _check_task_arguments(layers, loss: str, dropout_from_hyper: Any) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "squared_error":
+        raise ValueError(
+            "loss='squared_error' is the batch sum; the training engine averages over the "
+            "batch, so use loss='mean_squared_error' (see mljax.nn.losses)"
+        )
+    if not isinstance(dropout_from_hyper, bool):
+        raise ValueError(f"dropout_from_hyper must be True or False, got {dropout_from_hyper!r}")
+    if dropout_from_hyper and not any(isinstance(lay, Dropout) for lay in layers):
+        raise ValueError(
+            "dropout_from_hyper=True needs at least one Dropout layer in layers "
+            "(the traced Hyper.dropout_rate would be ignored)"
+        )
+
+
 def layer_task(
     layers: Sequence,
     input_shape: Sequence[int],
@@ -114,7 +194,8 @@ def layer_task(
         layers: layer specs (:mod:`mljax.nn.layers`; builders in :mod:`mljax.nn.models`).
         input_shape: one example's shape with a batch axis, e.g. ``(1, 784)`` or
             ``(1, 28, 28, 1)`` (used to initialise).
-        loss: one of :data:`LOSSES`.
+        loss: one of :data:`mljax.nn.losses.LOSSES` except ``"squared_error"`` (a batch sum;
+            the engine averages, i.e. ``"mean_squared_error"``).
         metrics: add per-example ``accuracy``.
         bias_init: set every bias to this constant after init (the Playground uses 0.1).
         param_dtype: parameter dtype.
@@ -128,76 +209,16 @@ def layer_task(
         ValueError: bad layers or loss; ``dropout_from_hyper`` without a Dropout layer.
     """
     layers = validate_layers(layers)
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    _check_task_arguments(layers, loss, dropout_from_hyper)
     model = LayerStack(layers, param_dtype=param_dtype)
+    dropout = _Dropout(layers, dropout_from_hyper)
     input_shape = tuple(int(s) for s in input_shape)
-    if not isinstance(dropout_from_hyper, bool):
-        raise ValueError(f"dropout_from_hyper must be True or False, got {dropout_from_hyper!r}")
-    if dropout_from_hyper and not any(isinstance(lay, Dropout) for lay in layers):
-        raise ValueError(
-            "dropout_from_hyper=True needs at least one Dropout layer in layers "
-            "(the traced Hyper.dropout_rate would be ignored)"
-        )
-    # Static marker for "a traced rate replaces the spec's": is_active_dropout only tests it
-    # against None, so 0.0 makes every Dropout layer active.
-    marker = 0.0 if dropout_from_hyper else None
-    has_dropout = any(is_active_dropout(lay, marker) for lay in layers)
-    per_example = per_example_loss_fn(loss)
-
-    def init(key):
-        variables = model.init(key, jnp.zeros(input_shape, param_dtype))
-        params = variables["params"]
-        if bias_init is not None:
-            params = _set_biases(params, bias_init)
-        return params, variables.get("batch_stats", {})
-
-    def rate_of(hparams, train):
-        return hparams.dropout_rate if (dropout_from_hyper and train) else None
-
-    def masks_for(rng, x, train, rate):
-        if train and has_dropout:
-            return dropout_masks(rng, layers, x.shape, rate)
-        return None
-
-    def apply(params, state, x, *, train, rng, hparams):
-        variables = {"params": params}
-        if state:
-            variables["batch_stats"] = state
-        rate = rate_of(hparams, train)
-        masks = masks_for(rng, x, train, rate)
-        if train and state:
-            out, updates = model.apply(
-                variables, x, train=True, masks=masks, dropout_rate=rate, mutable=["batch_stats"]
-            )
-            return out, updates["batch_stats"]
-        return model.apply(variables, x, train=train, masks=masks, dropout_rate=rate), state
-
-    def manual_grad(params, batch, rng, state, hparams):
-        from mljax.nn import backprop
-
-        x, y, _ = batch  # full batches only (checked before tracing)
-        rate = rate_of(hparams, True)
-        bp = backprop.grads(
-            layers,
-            params,
-            x,
-            y,
-            loss=loss if loss != "squared_error" else "mean_squared_error",
-            train=True,
-            masks=masks_for(rng, x, True, rate),
-            batch_stats=state if state else None,
-            dropout_rate=rate,
-        )
-        new_state = bp.batch_stats if state else state
-        return bp.loss, bp.grads, new_state
-
     return Task(
-        init=init,
-        apply=apply,
-        per_example_loss=per_example,
+        init=functools.partial(_init, model, input_shape, param_dtype, bias_init),
+        apply=functools.partial(_apply, model, dropout),
+        per_example_loss=per_example_loss_fn(loss),
         metrics=accuracy_fn(loss) if metrics else None,
-        manual_grad=manual_grad,
+        manual_grad=functools.partial(_manual_grad, loss, dropout),
         has_conv=any(isinstance(lay, Conv) for lay in layers),
         uses_dropout_rate=dropout_from_hyper,
     )

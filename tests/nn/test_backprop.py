@@ -1,14 +1,19 @@
 """Manual backprop (mljax.nn.backprop) against jax.grad of the flax LayerStack, float64."""
 
+from unittest import mock
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mljax.data import toy
-from mljax.nn import backprop, gradcheck, losses
+from mljax.nn import backprop, gradcheck, kernels, losses, models
+from mljax.nn import layers as layers_lib
 from mljax.nn.layers import (
     Activation,
     AvgPool,
@@ -76,7 +81,7 @@ def _masks(layers, x_shape, seed):
     )
 
 
-def _autodiff(model, variables, x, y, *, loss, train=False, masks=None, l1=0.0, l2=0.0):
+def _autodiff(model, variables, x, y, *, loss, train=False, masks=None, l1=0.0, l2=0.0, reg=0.0):
     def f(params):
         v = dict(variables, params=params)
         if train:
@@ -84,7 +89,8 @@ def _autodiff(model, variables, x, y, *, loss, train=False, masks=None, l1=0.0, 
         else:
             z = model.apply(v, x)
         data = losses.get(loss)(z, y)
-        return data + losses.l2_penalty(params, l2) + losses.l1_penalty(params, l1)
+        penalties = losses.l2_penalty(params, l2) + losses.reg_penalty(params, reg)
+        return data + penalties + losses.l1_penalty(params, l1)
 
     return jax.value_and_grad(f)(variables["params"])
 
@@ -180,10 +186,7 @@ def test_batchnorm_running_stats_match_flax():
     model, variables, x, y = _setup(layers, (9, 3))
     _, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
     res = _manual(model, variables, x, y, train=True)
-    for a, b in zip(
-        jax.tree.leaves(res.batch_stats), jax.tree.leaves(updated["batch_stats"]), strict=True
-    ):
-        np.testing.assert_allclose(a, b, rtol=1e-12)
+    chex.assert_trees_all_close(res.batch_stats, updated["batch_stats"], rtol=1e-12)
 
 
 LOSS_CASES = {
@@ -199,8 +202,10 @@ def test_losses_match_jax_grad(loss):
     _assert_matches(LOSS_CASES[loss], (5, 3), loss=loss)
 
 
-@pytest.mark.parametrize("l1,l2", [(0.0, 0.3), (0.2, 0.0), (0.1, 0.05)])
-def test_penalties_match_jax_grad(l1, l2):
+@pytest.mark.parametrize(
+    "l1,l2,reg", [(0.0, 0.3, 0.0), (0.0, 0.0, 0.3), (0.2, 0.0, 0.0), (0.1, 0.05, 0.02)]
+)
+def test_penalties_match_jax_grad(l1, l2, reg):
     layers = (
         Conv(2, (3, 3)),
         Activation("relu"),
@@ -209,7 +214,21 @@ def test_penalties_match_jax_grad(l1, l2):
         BatchNorm(),
         Dense(3),
     )
-    _assert_matches(layers, (4, 5, 5, 1), l1=l1, l2=l2, train=True)
+    _assert_matches(layers, (4, 5, 5, 1), l1=l1, l2=l2, reg=reg, train=True)
+
+
+def test_l2_is_half_of_reg():
+    """l2 = (λ/2)‖W‖² (gradient λW) and reg = λ‖W‖² (gradient 2λW): l2=2λ equals reg=λ."""
+    layers = (Dense(4), Activation("tanh"), Dense(3))
+    model, variables, x, y = _setup(layers, (5, 3))
+    plain = _manual(model, variables, x, y)
+    with_l2 = _manual(model, variables, x, y, l2=0.6)
+    with_reg = _manual(model, variables, x, y, reg=0.3)
+    w = variables["params"]["layer_0"]["kernel"]
+    dw = with_l2.grads["layer_0"]["kernel"] - plain.grads["layer_0"]["kernel"]
+    chex.assert_trees_all_close(dw, 0.6 * w, rtol=1e-12)
+    chex.assert_trees_all_close(with_l2.grads, with_reg.grads, rtol=1e-13)
+    np.testing.assert_allclose(with_l2.loss, with_reg.loss, rtol=1e-14)
 
 
 # ----------------------------------------------------------------------------- hypothesis shapes
@@ -284,15 +303,15 @@ def test_maxpool_ties_route_like_jax_grad():
     x = jnp.zeros((1, 4, 4, 1), jnp.float64).at[0, 0, 0, 0].set(0.0)
     x = x.at[0, 2:, 2:, 0].set(jnp.array([[1.0, 1.0], [0.5, 1.0]]))
     g = jnp.arange(1.0, 5.0, dtype=jnp.float64).reshape(1, 2, 2, 1)
-    for layer in (MaxPool(), MaxPool((3, 3), (1, 1), "SAME")):
-        # The plain reduce_window (XLA's select-and-scatter gradient), not LayerStack's
-        # max_pool, whose custom VJP calls max_pool_backward itself.
-        from mljax.nn.layers import max_pool_lax
-
-        y = max_pool_lax(x, layer)
+    for geometry in (((2, 2), (2, 2), "VALID"), ((3, 3), (1, 1), "SAME")):
+        # The plain reduce_window (XLA's select-and-scatter gradient), not the custom-VJP
+        # max_pool, whose backward is max_pool_backward itself.
+        y = kernels.max_pool_lax(x, *geometry)
         g = jnp.arange(1.0, 1.0 + y.size, dtype=jnp.float64).reshape(y.shape)
-        ref = jax.jit(jax.grad(lambda a, layer=layer, g=g: jnp.sum(max_pool_lax(a, layer) * g)))(x)
-        ours = jax.jit(backprop.max_pool_backward, static_argnums=3)(x, y, g, layer)
+        ref = jax.jit(
+            jax.grad(lambda a, gm=geometry, g=g: jnp.sum(kernels.max_pool_lax(a, *gm) * g))
+        )(x)
+        ours = jax.jit(kernels.max_pool_backward, static_argnums=(2, 3, 4))(x, g, *geometry)
         np.testing.assert_array_equal(ours, ref)
 
 
@@ -321,9 +340,8 @@ def test_deltas_are_dloss_dpreactivation_and_input_grad():
 
 
 def _seed002_net():
-    from mljax.nn import models
-
-    return models.sigmoid_net(), models.sigmoid_net_params(dtype=jnp.float64)
+    params = models.sigmoid_net_params(toy.SIGMOID_NET_WEIGHTS, dtype=jnp.float64)
+    return models.sigmoid_net(), params
 
 
 @pytest.mark.parametrize("row", range(len(toy.SIGMOID_NET_DELTA_TABLE)))
@@ -362,9 +380,23 @@ def test_seed002_delta_table(row):
 
 
 def _seed_models():
-    from mljax.nn import models
-
     return {sm.name: sm for sm in models.seed_models()}
+
+
+def _smallest_input(layers, input_shape):
+    """The report's input shrunk to the smallest square image (or kept for [n, d] inputs) that
+    every layer accepts: the gradient identities do not depend on the image size, and float64
+    conv kernels and the flatten → dense weights shrink with it."""
+    if len(input_shape) != 4:
+        return input_shape
+    for size in range(1, input_shape[1] + 1):
+        shape = (input_shape[0], size, size, input_shape[3])
+        try:
+            layer_shapes(layers, shape)
+        except ValueError:
+            continue
+        return shape
+    return input_shape
 
 
 SLOW_SEED_MODELS = ("seed003_cnn", "seed003_cnn_v2")  # 10^5-10^6 float64 conv weights
@@ -378,20 +410,22 @@ SLOW_SEED_MODELS = ("seed003_cnn", "seed003_cnn_v2")  # 10^5-10^6 float64 conv w
     ],
 )
 def test_seed_model_matches_jax_grad(name):
-    """Each seed model in train mode (dropout masks, batch statistics), batch of 2, λ₂ = 0.01.
+    """Each seed model in train mode (dropout masks, batch statistics), batch of 2, on the
+    smallest image it accepts, reg λ = 0.01 (seed 001's λ‖W‖²).
 
     A bias feeding a BatchNorm has a zero gradient (the norm removes any shift): both
     engines give rounding noise there, so those leaves are checked in absolute terms.
     """
     sm = _seed_models()[name]
     loss = "squared_error" if name == "seed002_sigmoid" else "softmax_cross_entropy"
-    model, variables, x, y = _setup(sm.layers, (2, *sm.input_shape[1:]), loss)
+    shape = _smallest_input(sm.layers, (2, *sm.input_shape[1:]))
+    model, variables, x, y = _setup(sm.layers, shape, loss)
     masks = _masks(model.layers, x.shape, 3)
     _, ref = jax.jit(
-        lambda v, x, y, m: _autodiff(model, v, x, y, loss=loss, train=True, masks=m, l2=0.01)
+        lambda v, x, y, m: _autodiff(model, v, x, y, loss=loss, train=True, masks=m, reg=0.01)
     )(variables, x, y, masks)
     res = jax.jit(
-        lambda v, x, y, m: _manual(model, v, x, y, loss=loss, train=True, masks=m, l2=0.01)
+        lambda v, x, y, m: _manual(model, v, x, y, loss=loss, train=True, masks=m, reg=0.01)
     )(variables, x, y, masks)
     zero = {
         f"layer_{i}/bias"
@@ -413,15 +447,84 @@ def test_seed_model_matches_jax_grad(name):
 
 JV_LAYERS = (Conv(3, (3, 3), (2, 2)), Activation("relu"), MaxPool(), Flatten(), Dense(4))
 
+# (name, layer, input shape, train): every entry of layers.RULES, both kernel-gradient paths
+# of Conv, overlapping pools, dropout on and off, batch norm with batch and running stats.
+RULE_CASES = [
+    ("dense", Dense(3), (4, 5), False),
+    ("dense_nhwc_nobias", Dense(3, use_bias=False), (2, 3, 3, 2), False),
+    ("conv_im2col", Conv(3, (3, 3), (2, 1), "SAME"), (2, 6, 5, 1), False),
+    ("conv_per_offset", Conv(2, (2, 3), (1, 2), "VALID", use_bias=False), (2, 6, 7, 4), False),
+    ("maxpool", MaxPool((3, 3), (2, 2), "SAME"), (2, 7, 6, 2), False),
+    ("avgpool", AvgPool((2, 3), (1, 2), "VALID"), (2, 5, 7, 2), False),
+    ("flatten", Flatten(), (2, 3, 4, 2), False),
+    ("relu", Activation("relu"), (4, 5), False),
+    ("sigmoid", Activation("sigmoid"), (4, 5), False),
+    ("tanh", Activation("tanh"), (4, 5), False),
+    ("identity", Activation("identity"), (4, 5), False),
+    ("dropout_train", Dropout(0.4), (4, 5), True),
+    ("dropout_eval", Dropout(0.4), (4, 5), False),
+    ("batchnorm_train", BatchNorm(0.8, 1e-3), (6, 3), True),
+    ("batchnorm_eval", BatchNorm(0.8, 1e-3), (2, 3, 3, 3), False),
+]
 
-def test_jit_equals_eager():
-    model, variables, x, y = _setup(JV_LAYERS, (3, 9, 9, 2))
-    eager = backprop.grads(model, variables["params"], x, y, l2=0.1)
-    jitted = jax.jit(lambda p, x, y, lam: backprop.grads(model, p, x, y, l2=lam))(
-        variables["params"], x, y, 0.1
-    )
-    assert gradcheck.compare_trees(eager.grads, jitted.grads).max_rel_err <= 1e-13
-    np.testing.assert_allclose(eager.loss, jitted.loss, rtol=1e-13)
+
+def test_rule_cases_cover_every_layer_type():
+    assert {type(case[1]) for case in RULE_CASES} == set(layers_lib.RULES)
+
+
+class JitTest(chex.TestCase):
+    """`grads` and each layer's rule, jitted and not (float64)."""
+
+    def setUp(self):
+        super().setUp()
+        self.enter_context(jax.enable_x64(True))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_grads_match_jax_grad(self):
+        model, variables, x, y = _setup(JV_LAYERS, (3, 9, 9, 2))
+        grads = self.variant(lambda p, x, y, lam: backprop.grads(model, p, x, y, l2=lam))
+        res = grads(variables["params"], x, y, 0.1)
+        ref_loss, ref = jax.jit(
+            lambda v: _autodiff(model, v, x, y, loss="softmax_cross_entropy", l2=0.1)
+        )(variables)
+        chex.assert_trees_all_close(res.grads, ref, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(res.loss, ref_loss, rtol=1e-13)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*RULE_CASES)
+    def test_rule_backward_is_vjp_of_its_forward(self, layer, shape, train):
+        """Each LayerRule's manual backward equals jax.vjp of its own forward (params and x)."""
+        rng = np.random.default_rng(5)
+        x = jnp.asarray(rng.normal(size=shape))
+        rule = layers_lib.rule_of(layer)
+        params = {
+            k: jnp.asarray(1.0 + 0.3 * rng.normal(size=s))
+            for k, s in rule.params(layer, shape).items()
+        }
+        stats = {"mean": jnp.asarray(rng.normal(size=shape[-1:])), "var": jnp.full(shape[-1:], 2.0)}
+        mask = jnp.asarray(rng.uniform(size=shape) > 0.4)
+        step = layers_lib.Step(train, mask, None, stats)
+
+        def forward(p, a):
+            return rule.forward(layer, p, a, step)[0]
+
+        # The reference differentiates the plain lax forms, not the custom VJPs (whose
+        # backward passes share kernels with the manual rules).
+        with (
+            mock.patch.object(kernels, "conv", kernels.conv_lax),
+            mock.patch.object(kernels, "max_pool", kernels.max_pool_lax),
+        ):
+            y, vjp = jax.vjp(forward, params, x)
+            g = jnp.asarray(rng.normal(size=y.shape))
+            ref_params, ref_x = vjp(g)
+
+        @self.variant
+        def manual(p, a, g):
+            out, cache, _ = rule.forward(layer, p, a, step)
+            return rule.backward(layer, p, a, out, cache, g, step, True)
+
+        grads, dx = manual(params, x, g)
+        chex.assert_trees_all_close((grads, dx), (ref_params, ref_x), rtol=1e-11, atol=1e-13)
 
 
 def test_vmap_over_seeds_and_penalty():
@@ -481,13 +584,13 @@ def test_transposed_dense_rule_fails_the_check(monkeypatch):
     good = backprop.grads(model, variables["params"], x, y)
     assert gradcheck.compare_trees(good.grads, ref).passed(TOL)
 
-    right = backprop.dense_backward
+    right = layers_lib.RULES[Dense]
 
-    def transposed(x, kernel, g, need_dx=True):
-        dw, db, dx = right(x, kernel, g, need_dx)
-        return dw.T, db, dx
+    def transposed(*args):
+        grads, dx = right.backward(*args)
+        return dict(grads, kernel=grads["kernel"].T), dx
 
-    monkeypatch.setattr(backprop, "dense_backward", transposed)
+    monkeypatch.setitem(layers_lib.RULES, Dense, right._replace(backward=transposed))
     bad = backprop.grads(model, variables["params"], x, y)
     table = gradcheck.compare_trees(bad.grads, ref)
     assert not table.passed(TOL)
@@ -498,11 +601,12 @@ def test_unflipped_conv_input_rule_fails_the_check(monkeypatch):
     layers = (Conv(2, (3, 3)), Activation("tanh"), Conv(2, (3, 3)), Flatten(), Dense(3))
     model, variables, x, y = _setup(layers, (2, 5, 5, 2))
     _, ref = _autodiff(model, variables, x, y, loss="softmax_cross_entropy")
-    right = backprop.conv_backward_input
+    right = kernels.conv_input_grad
+    # The Conv rule calls kernels.conv_input_grad through the module attribute.
     monkeypatch.setattr(
-        backprop,
-        "conv_backward_input",
-        lambda g, kernel, layer, in_hw: right(g, kernel[::-1, ::-1], layer, in_hw),
+        kernels,
+        "conv_input_grad",
+        lambda g, kernel, *geometry: right(g, kernel[::-1, ::-1], *geometry),
     )
     bad = backprop.grads(model, variables["params"], x, y)
     assert gradcheck.compare_trees(bad.grads, ref).max_rel_err > 1e-2
@@ -524,6 +628,8 @@ def _bad_setup():
         (lambda a: dict(a, loss="hinge"), "loss must be one of"),
         (lambda a: dict(a, l2=-1.0), "l2 must be"),
         (lambda a: dict(a, l1=float("nan")), "l1 must be"),
+        (lambda a: dict(a, reg=-0.5), "reg must be"),
+        (lambda a: dict(a, dropout_rate=1.0), "dropout_rate must be"),
         (lambda a: dict(a, y=a["y"].astype(jnp.float64)), "integer labels"),
         (lambda a: dict(a, y=a["y"][:3]), "integer labels"),
         (lambda a: dict(a, masks=None, train=True), "needs masks= or dropout_rng="),
@@ -547,6 +653,7 @@ def test_bad_input_raises(mutate, match):
         train=False,
         l1=0.0,
         l2=0.0,
+        reg=0.0,
         masks=None,
     )
     args = mutate(args)

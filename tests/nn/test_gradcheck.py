@@ -57,10 +57,10 @@ def _twolayer():
 
 def test_seed001_toy_scores_loss_and_gradient_check():
     t, layers, params = _twolayer()
-    res = backprop.grads(layers, params, t.x, t.y, l2=t.reg)
+    res = backprop.grads(layers, params, t.x, t.y, reg=t.reg)
     # Scores: the report prints the correct softmax scores to 8 digits.
     np.testing.assert_allclose(jax.nn.softmax(res.outputs), t.correct_scores, atol=5e-9)
-    # Loss: mean CE + λ(‖W1‖² + ‖W2‖²) (no ½), from the closed form in NumPy.
+    # Loss: mean CE + reg λ(‖W1‖² + ‖W2‖²) (no ½), from the closed form in NumPy.
     h = np.maximum(t.x @ t.w1 + t.b1, 0)
     z = h @ t.w2 + t.b2
     p = np.exp(z - z.max(1, keepdims=True))
@@ -69,7 +69,7 @@ def test_seed001_toy_scores_loss_and_gradient_check():
     np.testing.assert_allclose(res.loss, closed, rtol=1e-13)
 
     def f(prm):
-        return backprop.grads(layers, prm, t.x, t.y, l2=t.reg).loss
+        return backprop.grads(layers, prm, t.x, t.y, reg=t.reg).loss
 
     table = gradcheck.check_gradients(f, params, res.grads, names=TWOLAYER_NAMES)
     assert {r.name for r in table.rows} == set(TWOLAYER_NAMES.values())
@@ -122,13 +122,13 @@ def test_manual_vs_finite_differences(layers, shape):
 def test_wrong_gradient_fails_the_check():
     """Seed 002's bug in spirit: the right numbers in the wrong leaves must fail."""
     t, layers, params = _twolayer()
-    res = backprop.grads(layers, params, t.x, t.y, l2=t.reg)
+    res = backprop.grads(layers, params, t.x, t.y, reg=t.reg)
     wrong = jax.tree.map(lambda g: g, res.grads)
     wrong["layer_0"]["kernel"] = res.grads["layer_0"]["kernel"][::-1]  # rows swapped
     wrong["layer_2"]["bias"] = 2 * res.grads["layer_2"]["bias"]
 
     def f(prm):
-        return backprop.grads(layers, prm, t.x, t.y, l2=t.reg).loss
+        return backprop.grads(layers, prm, t.x, t.y, reg=t.reg).loss
 
     table = gradcheck.check_gradients(f, params, wrong, names=TWOLAYER_NAMES)
     rows = {r.name: r.max_rel_err for r in table.rows}
@@ -138,9 +138,9 @@ def test_wrong_gradient_fails_the_check():
 
 def test_sampled_entries_and_table_output():
     t, layers, params = _twolayer()
-    res = backprop.grads(layers, params, t.x, t.y, l2=t.reg)
+    res = backprop.grads(layers, params, t.x, t.y, reg=t.reg)
     table = gradcheck.check_gradients(
-        lambda p: backprop.grads(layers, p, t.x, t.y, l2=t.reg).loss,
+        lambda p: backprop.grads(layers, p, t.x, t.y, reg=t.reg).loss,
         params,
         res.grads,
         max_per_leaf=4,

@@ -1,12 +1,15 @@
-"""LayerStack (flax) forward against hand-written NumPy forwards, layer by layer, float64."""
+"""LayerStack (flax) forward against hand-written NumPy forwards, layer by layer, float64;
+the custom-VJP kernels against jax.grad of the plain lax forms."""
 
+import chex
 import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
-from mljax.nn import layers as layers_lib
+from mljax.nn import kernels
 from mljax.nn.layers import (
     Activation,
     AvgPool,
@@ -232,44 +235,7 @@ CONV_VJP_CASES = [
 
 def test_conv_vjp_cases_cover_both_kernel_gradient_paths():
     widths = [case[5][0] * case[5][1] * case[3] for case in CONV_VJP_CASES]
-    assert min(widths) <= layers_lib.IM2COL_MAX_PATCH < max(widths)
-
-
-@pytest.mark.parametrize("case", CONV_VJP_CASES, ids=str)
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-def test_conv_custom_vjp_matches_lax_grad(case, jit):
-    """im2col / per-offset forward and kernel gradient and the transposed-conv input gradient
-    = the lax conv and its jax.grad."""
-    n, h, w, c, f, k, s, pad = case
-    rng = np.random.default_rng(sum(case[:5]))
-    x = jnp.asarray(rng.normal(size=(n, h, w, c)))
-    kernel = jnp.asarray(rng.normal(size=(*k, c, f)))
-    y_ref = layers_lib.conv_lax(x, kernel, s, pad)
-    g = jnp.asarray(rng.normal(size=y_ref.shape))
-
-    def loss(fn):
-        return lambda a, b: jnp.sum(fn(a, b, s, pad) * g)
-
-    grad = jax.grad(loss(layers_lib.conv), (0, 1))
-    ours = (jax.jit(grad) if jit else grad)(x, kernel)
-    ref = jax.grad(loss(layers_lib.conv_lax), (0, 1))(x, kernel)
-    np.testing.assert_allclose(layers_lib.conv(x, kernel, s, pad), y_ref, rtol=1e-12)
-    for a, b in zip(ours, ref, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-
-
-def test_conv_custom_vjp_under_vmap():
-    rng = np.random.default_rng(7)
-    xs = jnp.asarray(rng.normal(size=(3, 2, 6, 5, 2)))
-    ks = jnp.asarray(rng.normal(size=(3, 3, 3, 2, 4)))
-
-    def per_model(fn):
-        return jax.vmap(jax.grad(lambda a, b: jnp.sum(jnp.tanh(fn(a, b, (2, 1), "SAME"))), (0, 1)))
-
-    ours = per_model(layers_lib.conv)(xs, ks)
-    ref = per_model(layers_lib.conv_lax)(xs, ks)
-    for a, b in zip(ours, ref, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert min(widths) <= kernels.IM2COL_MAX_PATCH < max(widths)
 
 
 MAXPOOL_VJP_CASES = [
@@ -281,33 +247,73 @@ MAXPOOL_VJP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("shape,layer", MAXPOOL_VJP_CASES, ids=str)
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-def test_maxpool_custom_vjp_matches_select_and_scatter(shape, layer, jit):
-    rng = np.random.default_rng(shape[1] * 10 + shape[2])
-    x = jnp.asarray(rng.normal(size=shape))
-    y_ref = layers_lib.max_pool_lax(x, layer)
-    g = jnp.asarray(rng.normal(size=y_ref.shape))
-    grad = jax.grad(lambda a: jnp.sum(layers_lib.max_pool(a, layer) * g))
-    ours = (jax.jit(grad) if jit else grad)(x)
-    ref = jax.grad(lambda a: jnp.sum(layers_lib.max_pool_lax(a, layer) * g))(x)
-    np.testing.assert_array_equal(layers_lib.max_pool(x, layer), y_ref)
-    np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-14)
+def _pool_args(layer):
+    return layer.window, layer.strides, layer.padding
+
+
+class CustomVjpTest(chex.TestCase):
+    """The custom VJPs, jitted and not, against jax.grad of the plain lax forms (float64)."""
+
+    def setUp(self):
+        super().setUp()
+        self.enter_context(jax.enable_x64(True))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*CONV_VJP_CASES)
+    def test_conv_matches_lax_grad(self, n, h, w, c, f, k, s, pad):
+        """im2col / per-offset forward and kernel gradient and the transposed-conv input
+        gradient = the lax conv and its jax.grad."""
+        rng = np.random.default_rng(n + h + w + c + f)
+        x = jnp.asarray(rng.normal(size=(n, h, w, c)))
+        kernel = jnp.asarray(rng.normal(size=(*k, c, f)))
+        y_ref = kernels.conv_lax(x, kernel, s, pad)
+        g = jnp.asarray(rng.normal(size=y_ref.shape))
+
+        def loss(fn):
+            return lambda a, b: jnp.sum(fn(a, b, s, pad) * g)
+
+        ours = self.variant(jax.grad(loss(kernels.conv), (0, 1)))(x, kernel)
+        ref = jax.grad(loss(kernels.conv_lax), (0, 1))(x, kernel)
+        chex.assert_trees_all_close(kernels.conv(x, kernel, s, pad), y_ref, rtol=1e-12)
+        chex.assert_trees_all_close(ours, ref, rtol=1e-10, atol=1e-12)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*MAXPOOL_VJP_CASES)
+    def test_maxpool_matches_select_and_scatter(self, shape, layer):
+        rng = np.random.default_rng(shape[1] * 10 + shape[2])
+        x = jnp.asarray(rng.normal(size=shape))
+        y_ref = kernels.max_pool_lax(x, *_pool_args(layer))
+        g = jnp.asarray(rng.normal(size=y_ref.shape))
+        grad = jax.grad(lambda a: jnp.sum(kernels.max_pool(a, *_pool_args(layer)) * g))
+        ours = self.variant(grad)(x)
+        ref = jax.grad(lambda a: jnp.sum(kernels.max_pool_lax(a, *_pool_args(layer)) * g))(x)
+        np.testing.assert_array_equal(kernels.max_pool(x, *_pool_args(layer)), y_ref)
+        chex.assert_trees_all_close(ours, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_conv_custom_vjp_under_vmap():
+    rng = np.random.default_rng(7)
+    xs = jnp.asarray(rng.normal(size=(3, 2, 6, 5, 2)))
+    ks = jnp.asarray(rng.normal(size=(3, 3, 3, 2, 4)))
+
+    def per_model(fn):
+        return jax.vmap(jax.grad(lambda a, b: jnp.sum(jnp.tanh(fn(a, b, (2, 1), "SAME"))), (0, 1)))
+
+    chex.assert_trees_all_close(
+        per_model(kernels.conv)(xs, ks), per_model(kernels.conv_lax)(xs, ks), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_maxpool_custom_vjp_ties_and_vmap():
     """Ties (ReLU zeros, equal values) go to the first maximum, as select-and-scatter."""
     x = jnp.zeros((2, 4, 6, 2)).at[:, 2:, 2:4].set(1.0).at[1, 0, 0, 1].set(-0.0)
-    layer = MaxPool((2, 2), (1, 2), "SAME")
+    geometry = ((2, 2), (1, 2), "SAME")
 
     def grads(fn):
-        return jax.vmap(
-            jax.grad(
-                lambda a: jnp.sum(fn(a[None], layer) * jnp.arange(1.0, 13.0).reshape(1, 4, 3, 1))
-            )
-        )
+        weights = jnp.arange(1.0, 13.0).reshape(1, 4, 3, 1)
+        return jax.vmap(jax.grad(lambda a: jnp.sum(fn(a[None], *geometry) * weights)))
 
-    np.testing.assert_array_equal(grads(layers_lib.max_pool)(x), grads(layers_lib.max_pool_lax)(x))
+    np.testing.assert_array_equal(grads(kernels.max_pool)(x), grads(kernels.max_pool_lax)(x))
 
 
 def test_layerstack_conv_params_match_flax_conv():
@@ -322,8 +328,7 @@ def test_layerstack_conv_params_match_flax_conv():
     ours = LayerStack((Conv(4, (3, 2), (2, 1), "SAME"),)).init(jax.random.key(3), x)["params"]
     ref = FlaxConv().init(jax.random.key(3), x)["params"]
     assert jax.tree.structure(ours) == jax.tree.structure(ref)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(ours, ref)
     np.testing.assert_allclose(
         LayerStack((Conv(4, (3, 2), (2, 1), "SAME"),)).apply({"params": ours}, x),
         FlaxConv().apply({"params": ref}, x),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mljax.data import toy
-from mljax.nn import models
+from mljax.nn import kernels, models
 from mljax.nn.layers import (
     Activation,
     BatchNorm,
@@ -189,18 +190,35 @@ def test_forward_shapes(name):
     )
 
 
-def test_forward_values_jit_equals_eager():
-    # The seed-000 CNN on Fashion-MNIST-sized input: conv, pools, flatten, dense together.
-    model = SEED_MODELS["seed000_cnn_fashion"]
-    x = jax.random.normal(jax.random.key(0), (2, *model.input_shape[1:]))
-    net = models.build(model.layers)
-    variables = jax.jit(net.init)(jax.random.key(1), x)
-    jitted = jax.jit(net.apply)(variables, x)
-    with jax.disable_jit():
-        eager = net.apply(variables, x)
-    assert jitted.shape == (2, 10)
-    assert bool(jnp.all(jnp.isfinite(jitted)))
-    np.testing.assert_allclose(jitted, eager, rtol=1e-4, atol=1e-5)
+def _plain_tfd_cnn(params, x):
+    """seed000_cnn_fashion written out with the plain lax convolution and pooling."""
+
+    def conv(h, p):
+        return kernels.conv_lax(h, p["kernel"], (1, 1), "SAME") + p["bias"]
+
+    h = jax.nn.relu(conv(x, params["layer_0"]))
+    h = kernels.max_pool_lax(h, (3, 3), (3, 3), "VALID")
+    h = jax.nn.relu(conv(h, params["layer_3"]))
+    h = kernels.max_pool_lax(h, (2, 2), (2, 2), "VALID").reshape(x.shape[0], -1)
+    return h @ params["layer_7"]["kernel"] + params["layer_7"]["bias"]
+
+
+class ForwardVariantsTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_forward_values(self):
+        # The seed-000 CNN on Fashion-MNIST-sized input: conv, pools, flatten, dense together.
+        model = SEED_MODELS["seed000_cnn_fashion"]
+        x = jax.random.normal(jax.random.key(0), (2, *model.input_shape[1:]))
+        net = models.build(model.layers)
+        rng = np.random.default_rng(1)
+        params = jax.tree.map(
+            lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.3, jnp.float32),
+            jax.eval_shape(net.init, jax.random.key(1), x)["params"],
+        )
+        out = self.variant(net.apply)({"params": params}, x)
+        chex.assert_shape(out, (2, 10))
+        chex.assert_tree_all_finite(out)
+        chex.assert_trees_all_close(out, _plain_tfd_cnn(params, x), rtol=1e-4, atol=1e-5)
 
 
 def test_forward_vmapped_over_seeds_equals_loop():
@@ -250,7 +268,7 @@ def _half_last_digit(printed: str) -> float:
 def test_sigmoid_net_forward_equals_hand_computation(row):
     with jax.enable_x64(True):
         layers = models.sigmoid_net()
-        params = models.sigmoid_net_params(dtype=jnp.float64)
+        params = models.sigmoid_net_params(toy.SIGMOID_NET_WEIGHTS, dtype=jnp.float64)
         net = models.build(layers, param_dtype=jnp.float64)
         x = jnp.array([[row["x"]]], jnp.float64)
         z1, state = net.apply({"params": params}, x, capture_intermediates=True)
@@ -275,7 +293,7 @@ def test_sigmoid_net_forward_equals_hand_computation(row):
 
 
 def test_sigmoid_net_params_shape_and_names():
-    params = models.sigmoid_net_params()
+    params = models.sigmoid_net_params(toy.SIGMOID_NET_WEIGHTS)
     net = models.build(models.sigmoid_net())
     init = net.init(jax.random.key(0), jnp.zeros((1, 1)))["params"]
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, init)
