@@ -13,6 +13,7 @@ says what happens then (usually a NaN or a documented clamp).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import jax
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "check_allocation",
     "check_chunk_size",
     "check_finite",
     "check_int",
@@ -27,6 +29,7 @@ __all__ = [
     "check_sample_weight",
     "check_scalar",
     "is_concrete",
+    "physical_memory",
 ]
 
 
@@ -132,3 +135,21 @@ def check_sample_weight(sample_weight: Any, n: int, dtype: Any) -> jax.Array:
         if not np.any(wn > 0):
             raise ValueError("sample_weight must have at least one positive entry")
     return w
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory on this machine (1 TiB where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def check_allocation(n_elements: int, itemsize: int, what: str) -> None:
+    """Refuses, before any work, an array larger than this machine's memory."""
+    nbytes = int(n_elements) * int(itemsize)
+    limit = physical_memory()
+    if nbytes > limit:
+        raise ValueError(
+            f"{what} would need {nbytes:,} bytes, more than this machine's memory ({limit:,} bytes)"
+        )

@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mljax.validation import physical_memory
+
 __all__ = [
     "CIFAR10_CLASSES",
     "DATASETS",
@@ -177,7 +179,12 @@ def _idx_bytes(path: Path) -> tuple[bytes, bytes, bool]:
     head = stream.read(4)
     header = head + (stream.read(4 * head[3]) if len(head) == 4 else b"")
     size = _declared_size(path, header)
-    body = stream.read(size)
+    body = b""
+    while len(body) < size:  # in slices: memory follows the data, not the header's claim
+        piece = stream.read(min(size - len(body), 1 << 26))
+        if not piece:
+            break
+        body += piece
     return header, body, bool(stream.read(1))
 
 
@@ -189,7 +196,14 @@ def _declared_size(path: Path, header: bytes) -> int:
     if len(header) < 4 + 4 * ndim:
         return 0
     shape = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return math.prod(shape) * _IDX_DTYPES[header[2]].itemsize
+    size = math.prod(shape) * _IDX_DTYPES[header[2]].itemsize
+    limit = physical_memory()
+    if size > limit:
+        raise ValueError(
+            f"{path}: IDX header declares shape {tuple(shape)} ({size} bytes), more than this "
+            f"machine's memory ({limit} bytes); the file is corrupt or not an IDX file"
+        )
+    return size
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:

@@ -32,7 +32,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mljax.validation import check_finite, check_positive_int, check_scalar, is_concrete
+from mljax.validation import (
+    check_allocation,
+    check_finite,
+    check_positive_int,
+    check_scalar,
+    is_concrete,
+)
 
 __all__ = [
     "FEATURE_NAMES",
@@ -95,6 +101,7 @@ def blobs(
     if isinstance(centers, int | np.integer) and not isinstance(centers, bool):
         centers = check_positive_int(centers, "centers")
         n_features = check_positive_int(n_features, "n_features")
+        check_allocation(centers * n_features, jnp.dtype(dtype).itemsize, f"{centers} centres")
         lo, hi = center_box
         check_scalar(lo, "center_box[0]")
         check_scalar(hi, "center_box[1]")
@@ -109,6 +116,7 @@ def blobs(
             raise ValueError(f"centers must be an int or a [k, d] array, got shape {c.shape}")
         check_finite(c, "centers")
     k, d = c.shape
+    check_allocation(n_samples * d, jnp.dtype(dtype).itemsize, f"blobs of {n_samples} × {d} points")
     if n_samples < k:
         raise ValueError(f"n_samples ({n_samples}) must be >= the number of centres ({k})")
     counts = np.full(k, n_samples // k)
@@ -134,6 +142,7 @@ def _uniform(key, shape, lo, hi):
 
 def _halves(n: int) -> int:
     n = check_positive_int(n, "n")
+    check_allocation(2 * n, 4, f"a Playground set of {n} points")
     if n < 2 or n % 2:
         raise ValueError(f"n must be an even number >= 2 (half the points per class), got {n}")
     return n // 2
@@ -173,6 +182,7 @@ def xor(
 ) -> tuple[jax.Array, jax.Array]:
     """The Playground's ``xor`` set: ``(x [n, 2], y [n] in {-1, +1})``."""
     n = check_positive_int(n, "n")
+    check_allocation(2 * n, 4, f"a Playground set of {n} points")
     kx, kn = jax.random.split(key)
     x = _uniform(kx, (n, 2), -5.0, 5.0)
     x = x + jnp.where(x > 0, 0.3, -0.3)

@@ -199,3 +199,10 @@ def test_sigmoid_net_table_is_consistent_with_its_weights():
         assert row["a2"] == pytest.approx(w["w52"] * row["x"])
         assert row["a4"] == pytest.approx(w["w54"] * row["x"])
     assert len(toy.SIGMOID_NET_TRAIN_X) == len(toy.SIGMOID_NET_TRAIN_Y) == 11
+
+
+def test_sizes_beyond_the_machine_are_refused_before_allocating():
+    with pytest.raises(ValueError, match="more than this machine's memory"):
+        toy.blobs(KEY, 2**62, 3)
+    with pytest.raises(ValueError, match="more than this machine's memory"):
+        toy.xor(KEY, 2**62)
