@@ -30,9 +30,10 @@ import numpy as np
 
 from mljax.config import CommonConfig
 from mljax.data import toy
-from mljax.experiment import ReportRow, cli_main, markdown_table, progress
+from mljax.experiment import ReportRow, cli_main, markdown_table
 from mljax.nn import backprop, gradcheck, losses, models
 from mljax.nn import layers as layers_lib
+from mljax.progress import progress
 from mljax.results import atomic_write_text
 
 NAME = "gradcheck"

@@ -99,8 +99,7 @@ def test_interrupted_runs_resume_bit_for_bit(tmp_path):
 
 def _template():
     task, cfg, data, hp = ckpt_script.problem()
-    _, init_fn, *_ = loop._python_fns(task, cfg, loop.as_data(data))
-    return init_fn(hp.as_arrays(), jax.random.key(7))
+    return loop.init_loop_state(task, cfg, data, hp, jax.random.key(7))
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,8 +30,7 @@ CFG = loop.TrainConfig(epochs=6, batch_size=10, optimizer="momentum")
 
 
 def _equal(a, b):
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    chex.assert_trees_all_equal(a, b)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_sequential_strategy_agrees_with_vmap():
             lambda: sweep.sweep(
                 TASK, CFG, DATA, sweep.grid_members(1, {"learning_rate": [0.1, -0.1]})
             ),
-            "learning_rate must be > 0",
+            r"learning_rate must be a finite number in \(0",
         ),
         (
             lambda: sweep.sweep(TASK, CFG, [DATA, loop.Data(X, Y, X, Y)], sweep.grid_members(1)),
@@ -169,16 +169,24 @@ def test_sequential_strategy_agrees_with_vmap():
             "strategy must be one of",
         ),
         (
+            lambda: sweep.sweep(TASK, CFG, DATA, sweep.grid_members(1), chunk_size=0),
+            "chunk_size must be None or an int >= 1",
+        ),
+        (
+            lambda: sweep.sweep(TASK, CFG, [DATA, DATA], sweep.grid_members(1), data_names=["a"]),
+            "data_names has 1 names for 2 datasets",
+        ),
+        (
             lambda: sweep.sweep(
                 DROP_TASK, CFG, DATA, sweep.grid_members(1, {"dropout_rate": [0.2, 1.0]})
             ),
-            r"dropout_rate must be in \[0, 1\)",
+            r"dropout_rate must be a finite number in \[0.0, 1.0\)",
         ),
         (
             lambda: sweep.sweep(
                 DROP_TASK, CFG, DATA, sweep.grid_members(1, {"dropout_rate": [-0.1]})
             ),
-            r"dropout_rate must be in \[0, 1\)",
+            r"dropout_rate must be a finite number in \[0.0, 1.0\)",
         ),
         (
             lambda: sweep.sweep(TASK, CFG, DATA, sweep.grid_members(1, {"dropout_rate": [0.2]})),
@@ -201,6 +209,8 @@ def test_sequential_strategy_agrees_with_vmap():
         "bad-lr",
         "shapes",
         "strategy",
+        "chunk-size",
+        "data-names",
         "dropout-1",
         "dropout-negative",
         "dropout-ignored-sweep",
@@ -215,6 +225,8 @@ def test_bad_input_is_a_value_error(call, match):
 
 SHARDED = textwrap.dedent(
     """
+    import chex
+    chex.set_n_cpu_devices(4)  # simulated devices, before JAX starts its backend
     import jax, jax.numpy as jnp, numpy as np
     from mljax.nn.layers import Activation, Dense
     from mljax.train import loop, sweep, tasks
@@ -227,9 +239,8 @@ SHARDED = textwrap.dedent(
     sharded = sweep.sweep(task, cfg, data, members, chunk_size=6)
     single = sweep.sweep(task, cfg, data, members, devices=[jax.devices()[0]])
     assert sharded.devices == 4 and single.devices == 1, (sharded.devices, single.devices)
-    for a, b in zip(jax.tree.leaves((sharded.params, sharded.history, sharded.diverged)),
-                    jax.tree.leaves((single.params, single.history, single.diverged))):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal((sharded.params, sharded.history, sharded.diverged),
+                                (single.params, single.history, single.diverged))
     print("SHARDED-OK", int(sharded.diverged.sum()))
     """
 )
@@ -237,7 +248,6 @@ SHARDED = textwrap.dedent(
 
 def test_sharded_sweep_equals_one_device():
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     done = subprocess.run(
         [sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=300
@@ -246,29 +256,69 @@ def test_sharded_sweep_equals_one_device():
     assert "SHARDED-OK 6" in done.stdout
 
 
-def test_sequential_members_reuse_the_compiled_step():
-    """The Python loop's step is traced (hence compiled) once, not once per member."""
-    traces = []  # training-mode traces: only the jitted step traces apply with train=True
+def _count_train_steps(task, n):
+    """``task`` whose training-mode forward pass (traced only inside the training step) may
+    be traced at most ``n`` times in this process (chex.assert_max_traces)."""
+
+    @chex.assert_max_traces(n=n)
+    def forward(params, state, x, rng, hparams):
+        return task.apply(params, state, x, train=True, rng=rng, hparams=hparams)
 
     def apply(params, state, x, *, train, rng, hparams):
         if train:
-            traces.append(x.shape)  # runs at trace time only
-        return TASK.apply(params, state, x, train=train, rng=rng, hparams=hparams)
+            return forward(params, state, x, rng, hparams)
+        return task.apply(params, state, x, train=False, rng=rng, hparams=hparams)
+
+    return dataclasses.replace(task, apply=apply)
+
+
+def test_vmapped_members_compile_once_across_chunks_and_calls():
+    """Three chunks of two members, then a second sweep: the member program is traced once."""
+    counting = _count_train_steps(TASK, n=1)
+    cfg = dataclasses.replace(CFG, epochs=2)
+    members = sweep.grid_members(3, {"learning_rate": [0.05, 0.2]})
+    res = sweep.sweep(counting, cfg, DATA, members, chunk_size=2, devices=None)
+    again = sweep.sweep(counting, cfg, DATA, members[:2], chunk_size=2, devices=None)
+    _equal(jax.tree.map(lambda a: a[:2], res.params), again.params)
+
+
+def test_sequential_members_reuse_the_compiled_step():
+    """The Python loop's step is traced (hence compiled) once, not once per member; an equal
+    task (same functions) reuses it, a task with other functions compiles its own."""
+    traces = []
+
+    def forward(params, state, x, rng, hparams):
+        traces.append(x.shape)  # runs at trace time only
+        return TASK.apply(params, state, x, train=True, rng=rng, hparams=hparams)
+
+    counted = chex.assert_max_traces(forward, n=2)
+
+    def apply(params, state, x, *, train, rng, hparams):
+        if train:
+            return counted(params, state, x, rng, hparams)
+        return TASK.apply(params, state, x, train=False, rng=rng, hparams=hparams)
 
     counting = dataclasses.replace(TASK, apply=apply)
     cfg = dataclasses.replace(CFG, epochs=2)
     members = sweep.grid_members(3, {"learning_rate": [0.05, 0.2]})
     first = sweep.sweep(counting, cfg, DATA, members[:1], strategy="sequential")
-    traced_once = len(traces)
-    assert traced_once == 1
+    assert len(traces) == 1
     rest = sweep.sweep(counting, cfg, DATA, members, strategy="sequential")
-    assert len(traces) == traced_once  # five more members, no new trace
+    assert len(traces) == 1  # five more members, no new trace
     # ... and reuse changes nothing: member 0 is the same run both times.
     _equal(jax.tree.map(lambda a: a[:1], rest.params), first.params)
-    # A second task object with the same maths gets its own compiled code.
-    other = dataclasses.replace(TASK, apply=apply)
-    sweep.sweep(other, cfg, DATA, members[:1], strategy="sequential")
-    assert len(traces) == 2 * traced_once
+    sweep.sweep(
+        dataclasses.replace(TASK, apply=apply), cfg, DATA, members[:1], strategy="sequential"
+    )
+    assert len(traces) == 1  # an equal task: the same cache entry
+    sweep.sweep(
+        dataclasses.replace(TASK, apply=lambda *a, **k: apply(*a, **k)),
+        cfg,
+        DATA,
+        members[:1],
+        strategy="sequential",
+    )
+    assert len(traces) == 2  # other functions: compiled anew
 
 
 # ----------------------------------------------------------------------------- group_stats
