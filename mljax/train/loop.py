@@ -156,6 +156,7 @@ class Hyper(NamedTuple):
     dropout_rate: Any = 0.0
 
     def as_arrays(self, dtype=jnp.float32) -> Hyper:
+        """Every field as a ``dtype`` array (traced values in the compiled programs)."""
         return Hyper(*(jnp.asarray(v, dtype) for v in self))
 
 
