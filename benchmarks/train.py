@@ -403,14 +403,14 @@ def sweep_compile_seconds(task, cfg, data, members, root) -> float:
     """Seconds to lower and compile the sweep's vmapped program (ahead of time, run apart).
 
     The run is too long for "first call − later call" to resolve a few seconds of compile
-    time, so the program ``sweep`` runs (its cached ``jit(vmap(train_scan))``) is compiled
+    time, so the program ``sweep`` runs (``sweep.compiled_members``: jit(vmap(make_train))) is compiled
     explicitly at the same argument shapes.
     """
-    fn = sweep._member_fn(task, cfg, False)
+    fn = sweep.compiled_members(task, cfg, False)
     args = (
         loop.as_data(data),
         jnp.zeros((len(members),), jnp.int32),
-        sweep._stack_hyper(members),
+        sweep.stack_hyper(members),
         jnp.asarray([m.seed for m in members], jnp.uint32),
         root,
     )

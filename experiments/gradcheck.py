@@ -33,9 +33,10 @@ from jax.flatten_util import ravel_pytree
 
 from mljax.config import CommonConfig
 from mljax.data import toy
-from mljax.experiment import ReportRow, cli_main, markdown_table, progress
+from mljax.experiment import ReportRow, cli_main, markdown_table
 from mljax.nn import backprop, gradcheck, losses, models
 from mljax.nn import layers as layers_lib
+from mljax.progress import progress
 from mljax.results import atomic_write_text
 
 NAME = "gradcheck"

@@ -30,7 +30,8 @@ from mljax.cluster import mog_classifier as mc
 from mljax.config import CommonConfig
 from mljax.data import images
 from mljax.data.batches import train_val_split
-from mljax.experiment import ReportRow, cli_main, format_mean_std, progress, summarize
+from mljax.experiment import ReportRow, cli_main, format_mean_std, summarize
+from mljax.progress import progress
 
 NAME = "mog"
 SEED_LL = {"rand_const": 6360833.88963, "kmeans": 6405141.14065}

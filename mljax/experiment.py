@@ -294,11 +294,3 @@ def cli_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
         f"report at {run_dir.file('report.md')}"
     )
     return 0
-
-
-def progress(iterable=None, *, total=None, desc=None, quiet=False, **kwargs):
-    """A tqdm progress bar that stays quiet with ``quiet=True`` and when stderr is no TTY."""
-    from tqdm.auto import tqdm
-
-    disable = quiet or os.environ.get("CI") == "true" or not sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, **kwargs)

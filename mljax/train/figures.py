@@ -1,6 +1,6 @@
-"""Training figures (matplotlib, Agg): decision boundaries, loss curves with std bands,
-confusion matrices, first-layer filters, probability bars. Each draws on a given ``ax`` and
-returns what it drew; save with :func:`mljax.plots.save_figure`."""
+"""Training figures (matplotlib, Agg): decision boundaries and loss curves with std bands.
+Each draws on a given ``ax`` and returns what it drew; save with
+:func:`mljax.plots.save_figure`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from mljax.plots import curve_with_band, image_grid
+from mljax.plots import curve_with_band
 from mljax.train.sweep import GroupStats
+
+__all__ = ["curves_with_bands", "decision_boundary"]
 
 
 def decision_boundary(
@@ -117,92 +119,3 @@ def curves_with_bands(
     if lines:
         ax.legend(fontsize=6)
     return lines
-
-
-def confusion_matrix_plot(ax, cm: np.ndarray, class_names: Sequence[str] | None = None):
-    """Row-normalised confusion matrix ``cm [k, k]`` (rows: true class) with counts."""
-    cm = np.asarray(cm, dtype=np.float64)
-    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-        raise ValueError(f"cm must be a square [k, k] matrix, got shape {cm.shape}")
-    rows = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    k = cm.shape[0]
-    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-    ax.set_xticks(range(k), names, rotation=90, fontsize=6)
-    ax.set_yticks(range(k), names, fontsize=6)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(k):
-        for j in range(k):
-            ax.text(
-                j,
-                i,
-                f"{int(cm[i, j])}",
-                ha="center",
-                va="center",
-                fontsize=5,
-                color="w" if norm[i, j] > 0.5 else "k",
-            )
-    return im
-
-
-def first_layer_filters(ax, kernel: np.ndarray, *, image_shape: tuple[int, int] | None = None):
-    """First-layer weights as an image grid.
-
-    Args:
-        kernel: a conv kernel ``[kh, kw, c, f]`` (one tile per filter, channel mean when
-            c ∉ {1, 3}) or a dense kernel ``[h·w, f]`` with ``image_shape = (h, w)``.
-    """
-    kernel = np.asarray(kernel)
-    if kernel.ndim == 4:
-        tiles = np.moveaxis(kernel, -1, 0)  # [f, kh, kw, c]
-        if tiles.shape[-1] == 1:
-            tiles = tiles[..., 0]
-        elif tiles.shape[-1] != 3:
-            tiles = tiles.mean(axis=-1)
-    elif kernel.ndim == 2:
-        if image_shape is None or int(np.prod(image_shape)) != kernel.shape[0]:
-            raise ValueError(
-                f"a dense kernel {kernel.shape} needs image_shape with h·w = {kernel.shape[0]}"
-            )
-        tiles = kernel.T.reshape(kernel.shape[1], *image_shape)
-    else:
-        raise ValueError(f"kernel must be [kh, kw, c, f] or [d, f], got shape {kernel.shape}")
-    return image_grid(ax, tiles)
-
-
-def probability_bars(
-    axes,
-    probs: np.ndarray,
-    labels: np.ndarray,
-    class_names: Sequence[str],
-    images: np.ndarray | None = None,
-):
-    """For each example: its image (optional) and a bar chart of class probabilities.
-
-    Args:
-        axes: array of axes ``[n, 2]`` with images, else ``[n]``.
-        probs: ``[n, k]`` predicted probabilities; labels: ``[n]`` true classes.
-    """
-    probs = np.asarray(probs)
-    axes = np.asarray(axes)
-    for i in range(probs.shape[0]):
-        if images is not None:
-            axi, axb = axes[i]
-            axi.imshow(np.asarray(images[i]).squeeze(), cmap="gray")
-            axi.set_axis_off()
-        else:
-            axb = axes[i]
-        colors = ["tab:green" if c == labels[i] else "tab:gray" for c in range(probs.shape[1])]
-        axb.bar(range(probs.shape[1]), probs[i], color=colors)
-        axb.set_ylim(0, 1)
-        axb.set_xticks(range(probs.shape[1]), list(class_names), rotation=90, fontsize=5)
-    return axes
-
-
-def uncertain_examples(probs: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the ``n`` examples with the smallest top-1 margin (most uncertain)."""
-    probs = np.asarray(probs)
-    top2 = np.sort(probs, axis=1)[:, -2:]
-    return np.argsort(top2[:, 1] - top2[:, 0], kind="stable")[:n]

@@ -7,7 +7,8 @@ One step on a mini-batch B (mask m marks real rows, padding is False) computes
     θ     ← θ + optax_update(g; lr_t, momentum, weight decay)
 
 where the penalty term is the gradient of λ₁ Σ|W| + (λ₂/2) Σ W² (the TensorFlow Playground's
-and the weight-decay convention; for a λ Σ W² penalty without the ½ pass λ₂ = 2λ). The
+and the weight-decay convention; for a λ Σ W² penalty without the ½ pass λ₂ = 2λ;
+:mod:`mljax.nn.losses` documents both conventions). The
 gradient ∇_θ L comes from a pluggable ``grad_fn(params, batch, rng, state, hparams) ->
 (loss, grads, new_state)``: ``jax.grad`` of the task's loss ("autodiff") or the manual
 backprop rules of :mod:`mljax.nn.backprop` ("manual"); both see the same dropout keys.
@@ -37,12 +38,20 @@ Two execution strategies with identical maths:
   the MLP 784-256-256-10 ran 3.7 vs 3.8 ms/step), so ``"auto"`` picks ``"python"`` for
   models with convolutions and ``"scan"`` otherwise; ``TrainResult.strategy`` says which
   ran. Checkpointing also uses this loop.
+
+Who owns compiled code: :func:`make_train` returns the pure ``train_fn(data, hp, key)`` of
+the scan strategy and the caller applies ``jit`` / ``vmap`` itself (purejaxrl style; e.g.
+``jax.jit(jax.vmap(make_train(task, cfg), in_axes=(None, 0, 0)))`` trains a batch of
+hyperparameters and keys). :func:`train` keeps the programs it compiles in bounded LRU caches
+keyed by the (hashable, frozen) task, config and data shapes: at most
+:data:`COMPILED_CACHE_SIZE` entries each, so a long session that trains many models does not
+keep every one alive, and a repeated call (a sequential sweep) reuses the compiled step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -53,12 +62,57 @@ import optax
 from jax import lax
 
 from mljax.data.batches import epoch_batches, num_batches
+from mljax.progress import progress
+from mljax.validation import check_int, check_positive_int, check_scalar, is_concrete
+
+__all__ = [
+    "COMPILED_CACHE_SIZE",
+    "GRAD_SOURCES",
+    "HYPER_FIELDS",
+    "HYPER_RANGES",
+    "MODES",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "STRATEGIES",
+    "Data",
+    "EarlyStop",
+    "Hyper",
+    "LoopState",
+    "Task",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "as_data",
+    "autodiff_grad_fn",
+    "check_hyper",
+    "check_inputs",
+    "check_monitor",
+    "check_task_hyper",
+    "data_spec",
+    "default_decay_mask",
+    "evaluate",
+    "get_grad_fn",
+    "history_keys",
+    "init_loop_state",
+    "init_state",
+    "lr_multiplier",
+    "make_optimizer",
+    "make_step",
+    "make_train",
+    "masked_mean_loss",
+    "penalty_grads",
+    "pick_strategy",
+    "split_keys",
+    "train",
+    "train_python",
+]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 SCHEDULES = ("constant", "cosine", "exponential", "step", "warmup_cosine")
 GRAD_SOURCES = ("autodiff", "manual")
 STRATEGIES = ("auto", "scan", "python")
 MODES = ("min", "max")
+COMPILED_CACHE_SIZE = 16  # compiled programs kept per cache (least recently used dropped)
 
 
 # ----------------------------------------------------------------------------- data types
@@ -86,7 +140,9 @@ class Hyper(NamedTuple):
         momentum: momentum / Nesterov coefficient, Adam's β₁; ignored by plain "sgd".
         weight_decay: decoupled decay θ ← θ - lr_t·wd·W on kernels.
         l1: λ₁ of the λ₁ Σ|W| penalty (gradient λ₁ sign W), kernels only.
-        l2: λ₂ of the (λ₂/2) Σ W² penalty (gradient λ₂ W), kernels only.
+        l2: λ₂ of the (λ₂/2) Σ W² penalty (gradient λ₂ W), kernels only; the seed
+            reports' λ Σ W² (no ½, gradient 2λW) is ``l2 = 2λ`` (both conventions are
+            written out in :mod:`mljax.nn.losses`).
         dropout_rate: in [0, 1); used by tasks with ``uses_dropout_rate`` (e.g.
             ``tasks.layer_task(..., dropout_from_hyper=True)``) as every Dropout layer's
             rate; a nonzero value on any other task is refused (:func:`check_task_hyper`).
@@ -100,37 +156,29 @@ class Hyper(NamedTuple):
     dropout_rate: Any = 0.0
 
     def as_arrays(self, dtype=jnp.float32) -> Hyper:
+        """Every field as a ``dtype`` array (traced values in the compiled programs)."""
         return Hyper(*(jnp.asarray(v, dtype) for v in self))
 
 
 HYPER_FIELDS = Hyper._fields
 
 
+# Allowed range of each Hyper field (keyword arguments of validation.check_scalar).
+HYPER_RANGES = {
+    "learning_rate": {"minimum": 0.0, "strict_minimum": True},
+    "momentum": {"minimum": 0.0, "maximum": 1.0, "strict_maximum": True},
+    "weight_decay": {"minimum": 0.0},
+    "l1": {"minimum": 0.0},
+    "l2": {"minimum": 0.0},
+    "dropout_rate": {"minimum": 0.0, "maximum": 1.0, "strict_maximum": True},
+}
+
+
 def check_hyper(hp: Hyper) -> None:
-    """Raises ``ValueError`` for concrete out-of-range values (traced values pass)."""
-    checks = {
-        "learning_rate": lambda v: v > 0,
-        "momentum": lambda v: 0 <= v < 1,
-        "weight_decay": lambda v: v >= 0,
-        "l1": lambda v: v >= 0,
-        "l2": lambda v: v >= 0,
-        "dropout_rate": lambda v: 0 <= v < 1,
-    }
-    allowed = {
-        "learning_rate": "> 0",
-        "momentum": "in [0, 1)",
-        "weight_decay": ">= 0",
-        "l1": ">= 0",
-        "l2": ">= 0",
-        "dropout_rate": "in [0, 1)",
-    }
-    for name, ok in checks.items():
-        value = getattr(hp, name)
-        if isinstance(value, jax.core.Tracer):
-            continue
-        arr = np.asarray(value, dtype=np.float64)
-        if not np.all(np.isfinite(arr)) or not np.all(ok(arr)):
-            raise ValueError(f"{name} must be {allowed[name]} and finite, got {value!r}")
+    """Raises ``ValueError`` for a concrete field outside :data:`HYPER_RANGES` or not finite
+    (traced values pass: see :func:`mljax.validation.check_scalar`)."""
+    for name, bounds in HYPER_RANGES.items():
+        check_scalar(getattr(hp, name), name, **bounds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +216,7 @@ def check_task_hyper(task: Task, hp: Hyper) -> None:
     """Raises ``ValueError`` for a concrete nonzero ``dropout_rate`` on a task that ignores it
     (it would be silently dropped; traced values pass)."""
     value = hp.dropout_rate
-    if task.uses_dropout_rate or isinstance(value, jax.core.Tracer):
+    if task.uses_dropout_rate or not is_concrete(value):
         return
     if np.any(np.asarray(value, dtype=np.float64) != 0):
         raise ValueError(
@@ -223,30 +271,23 @@ class TrainConfig:
     stop_on_divergence: bool = True
 
     def __post_init__(self):
-        def choice(name, allowed):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-        choice("optimizer", OPTIMIZERS)
-        choice("schedule", SCHEDULES)
-        choice("grad_source", GRAD_SOURCES)
-        choice("strategy", STRATEGIES)
-        choice("mode", MODES)
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("grad_source", GRAD_SOURCES),
+            ("strategy", STRATEGIES),
+            ("mode", MODES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "step_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
-            raise ValueError(f"patience must be None or a positive int, got {self.patience!r}")
-        if not 0.0 < self.decay_rate <= 1.0:
-            raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate!r}")
-        if not 0.0 <= self.final_lr_fraction <= 1.0:
-            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction!r}")
-        if self.min_delta < 0:
-            raise ValueError(f"min_delta must be >= 0, got {self.min_delta!r}")
-        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an int >= 0, got {self.warmup_epochs!r}")
+            check_positive_int(getattr(self, name), name)
+        if self.patience is not None:
+            check_positive_int(self.patience, "patience")
+        check_int(self.warmup_epochs, "warmup_epochs", minimum=0)
+        check_scalar(self.decay_rate, "decay_rate", minimum=0.0, maximum=1.0, strict_minimum=True)
+        check_scalar(self.final_lr_fraction, "final_lr_fraction", minimum=0.0, maximum=1.0)
+        check_scalar(self.min_delta, "min_delta", minimum=0.0)
 
 
 class TrainState(NamedTuple):
@@ -363,16 +404,6 @@ def penalty_grads(grads, params, l1, l2, mask_fn: Callable | None = None):
     return jax.tree_util.tree_map(
         lambda g, p, m: g + l1 * jnp.sign(p) + l2 * p if m else g, grads, params, mask
     )
-
-
-def penalty_value(params, l1, l2, mask_fn: Callable | None = None):
-    """λ₁ Σ|W| + (λ₂/2) Σ W² over the masked leaves."""
-    mask = (mask_fn or default_decay_mask)(params)
-    leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=False) if m]
-    total = jnp.zeros((), jnp.float32)
-    for w in leaves:
-        total = total + l1 * jnp.sum(jnp.abs(w)) + 0.5 * l2 * jnp.sum(jnp.square(w))
-    return total
 
 
 # ----------------------------------------------------------------------------- step
@@ -549,12 +580,13 @@ def _eval_all(task, cfg, params, state, data: Data, hp) -> dict:
 
 
 def history_keys(task: Task, cfg: TrainConfig, data: Data) -> tuple[str, ...]:
-    """Names of the per-epoch history arrays a run produces."""
+    """Names of the per-epoch history arrays a run produces (``data`` may be a
+    :func:`data_spec`: only shapes and dtypes are read)."""
     probe = ["loss"]
     if task.metrics is not None:
         # Shapes only (eval_shape): no eager op, nothing compiled.
-        x = jax.ShapeDtypeStruct((1, *np.shape(data.x_train)[1:]), data.x_train.dtype)
-        y = jax.ShapeDtypeStruct((1, *np.shape(data.y_train)[1:]), data.y_train.dtype)
+        x = jax.ShapeDtypeStruct((1, *data.x_train.shape[1:]), data.x_train.dtype)
+        y = jax.ShapeDtypeStruct((1, *data.y_train.shape[1:]), data.y_train.dtype)
 
         def names(x, y):
             p, s = task.init(jax.random.key(0))
@@ -573,8 +605,29 @@ def history_keys(task: Task, cfg: TrainConfig, data: Data) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- checks
 
 
+def as_data(data: Data | tuple | Mapping) -> Data:
+    """Data as device arrays (``Data``, a tuple in its field order, or a mapping)."""
+    if isinstance(data, Mapping):
+        data = Data(**data)
+    elif not isinstance(data, Data):
+        data = Data(*data)
+    return Data(*(None if a is None else jnp.asarray(a) for a in data))
+
+
+def data_spec(data: Data) -> Data:
+    """``data`` with every array replaced by its ``jax.ShapeDtypeStruct`` (hashable: the part
+    of a dataset compiled code depends on)."""
+    return Data(*(None if a is None else jax.ShapeDtypeStruct(a.shape, a.dtype) for a in data))
+
+
 def check_inputs(task: Task, cfg: TrainConfig, data: Data, hp: Hyper | None = None) -> int:
-    """Validates data against the config before tracing; returns steps per epoch."""
+    """Validates data (and ``hp``) against the config before tracing; returns steps per epoch.
+
+    Raises:
+        ValueError: row counts that differ, half a validation set, a batch larger than the
+            training set, partial batches or no ``manual_grad`` for ``grad_source="manual"``,
+            hyperparameters out of range (:func:`check_hyper`, :func:`check_task_hyper`).
+    """
     n = int(np.shape(data.x_train)[0])
     if np.shape(data.y_train)[0] != n:
         raise ValueError(f"x_train has {n} rows but y_train has {np.shape(data.y_train)[0]}")
@@ -596,11 +649,11 @@ def check_inputs(task: Task, cfg: TrainConfig, data: Data, hp: Hyper | None = No
     if hp is not None:
         check_hyper(hp)
         check_task_hyper(task, hp)
-    spe = num_batches(n, cfg.batch_size, drop_remainder=cfg.drop_remainder)
-    return spe
+    return num_batches(n, cfg.batch_size, drop_remainder=cfg.drop_remainder)
 
 
-def _check_monitor(task, cfg, data):
+def check_monitor(task: Task, cfg: TrainConfig, data: Data) -> tuple[str, ...]:
+    """Raises ``ValueError`` unless ``cfg.monitor`` is a history key; returns the keys."""
     keys = history_keys(task, cfg, data)
     if cfg.monitor not in keys:
         raise ValueError(f"monitor must be one of {keys}, got {cfg.monitor!r}")
@@ -651,6 +704,13 @@ def _init_early(cfg, ts: TrainState) -> EarlyStop:
     )
 
 
+def _record_epoch(cfg, ts: TrainState, es: EarlyStop, hist: dict, epoch, record: dict):
+    """Writes ``record`` into row ``epoch`` of the history; early-stopping update; stop flag."""
+    hist = {k: hist[k].at[epoch].set(jnp.asarray(record[k], jnp.float32)) for k in hist}
+    es = _early_update(cfg, es, ts, hist[cfg.monitor][epoch], epoch)
+    return hist, es, _should_stop(cfg, es, ts)
+
+
 def _result(ts: TrainState, es: EarlyStop, epochs_run, history, strategy) -> TrainResult:
     return TrainResult(
         params=ts.params,
@@ -667,50 +727,65 @@ def _result(ts: TrainState, es: EarlyStop, epochs_run, history, strategy) -> Tra
     )
 
 
-def train_scan(task: Task, cfg: TrainConfig, data: Data, hp: Hyper, key) -> TrainResult:
-    """The whole run as one pure function (jit it; vmap it over ``hp`` / ``key`` for sweeps).
+def make_train(task: Task, cfg: TrainConfig) -> Callable[[Data, Hyper, jax.Array], TrainResult]:
+    """The whole run as one pure function ``train_fn(data, hp, key) -> TrainResult``.
 
-    Static: ``task``, ``cfg`` and the data shapes. Call :func:`check_inputs` first (``train``
-    and ``sweep`` do).
+    Nothing is compiled or cached here: jit it, and vmap it over ``hp`` / ``key`` (or over
+    stacked same-shape datasets) for sweeps, e.g.
+    ``jax.jit(jax.vmap(make_train(task, cfg), in_axes=(None, 0, 0)))``. The program is a
+    ``lax.while_loop`` over epochs (it stops early on patience or divergence) around a
+    ``lax.scan`` over the epoch's batches. ``TrainResult.strategy`` is None (a string is no
+    array; :func:`train` sets it).
+
+    Static: ``task``, ``cfg`` and the data shapes. Call :func:`check_inputs` and
+    :func:`check_monitor` on concrete inputs first (``train`` and ``sweep`` do).
     """
-    n = data.x_train.shape[0]
-    spe = num_batches(n, cfg.batch_size, drop_remainder=cfg.drop_remainder)
-    tx, step = make_step(task, cfg, spe)
-    schedule = lr_multiplier(cfg, spe)
-    k_init, k_data, k_drop = split_keys(key)
-    ts0 = init_state(task, tx, k_init, hp)
-    es0 = _init_early(cfg, ts0)
-    keys = history_keys(task, cfg, data)
-    hist0 = {k: jnp.full((cfg.epochs,), jnp.nan, jnp.float32) for k in keys}
 
-    def epoch_body(carry):
-        ts, es, hist, epoch, _ = carry
-        batches = epoch_batches(
-            jax.random.fold_in(k_data, epoch), n, cfg.batch_size, drop_remainder=cfg.drop_remainder
-        )
+    def train_fn(data: Data, hp: Hyper, key) -> TrainResult:
+        n = data.x_train.shape[0]
+        spe = num_batches(n, cfg.batch_size, drop_remainder=cfg.drop_remainder)
+        tx, step = make_step(task, cfg, spe)
+        schedule = lr_multiplier(cfg, spe)
+        k_init, k_data, k_drop = split_keys(key)
+        ts0 = init_state(task, tx, k_init, hp)
+        keys = history_keys(task, cfg, data)
+        hist0 = {k: jnp.full((cfg.epochs,), jnp.nan, jnp.float32) for k in keys}
 
-        def batch_body(ts, b):
-            idx, mask = b
-            batch = (data.x_train[idx], data.y_train[idx], mask)
-            ts, loss = step(ts, batch, hp, k_drop)
-            return ts, loss
+        def epoch_body(carry):
+            ts, es, hist, epoch, _ = carry
+            batches = epoch_batches(
+                jax.random.fold_in(k_data, epoch),
+                n,
+                cfg.batch_size,
+                drop_remainder=cfg.drop_remainder,
+            )
 
-        ts, losses = lax.scan(batch_body, ts, (batches.indices, batches.mask))
-        record = _eval_all(task, cfg, ts.params, ts.model_state, data, hp)
-        record["train_batch_loss"] = jnp.mean(losses)
-        record["lr"] = hp.learning_rate * schedule(ts.step)
-        hist = {k: hist[k].at[epoch].set(jnp.asarray(record[k], jnp.float32)) for k in hist}
-        es = _early_update(cfg, es, ts, hist[cfg.monitor][epoch], epoch)
-        return ts, es, hist, epoch + 1, _should_stop(cfg, es, ts)
+            def batch_body(ts, b):
+                idx, mask = b
+                return step(ts, (data.x_train[idx], data.y_train[idx], mask), hp, k_drop)
 
-    def cond(carry):
-        *_, epoch, stop = carry
-        return (epoch < cfg.epochs) & ~stop
+            ts, losses = lax.scan(batch_body, ts, (batches.indices, batches.mask))
+            record = _eval_all(task, cfg, ts.params, ts.model_state, data, hp)
+            record["train_batch_loss"] = jnp.mean(losses)
+            record["lr"] = hp.learning_rate * schedule(ts.step)
+            hist, es, stop = _record_epoch(cfg, ts, es, hist, epoch, record)
+            return ts, es, hist, epoch + 1, stop
 
-    carry = (ts0, es0, hist0, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-    ts, es, hist, epochs_run, _ = lax.while_loop(cond, epoch_body, carry)
-    # strategy is set by the caller: a str is no array, jit cannot return it.
-    return _result(ts, es, epochs_run, hist, None)
+        def cond(carry):
+            *_, epoch, stop = carry
+            return (epoch < cfg.epochs) & ~stop
+
+        carry = (ts0, _init_early(cfg, ts0), hist0, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+        ts, es, hist, epochs_run, _ = lax.while_loop(cond, epoch_body, carry)
+        return _result(ts, es, epochs_run, hist, None)
+
+    return train_fn
+
+
+@functools.lru_cache(maxsize=COMPILED_CACHE_SIZE)
+def _compiled_train(task: Task, cfg: TrainConfig):
+    """``jit(make_train(task, cfg))``, kept for the last few (task, cfg) pairs."""
+    return jax.jit(make_train(task, cfg))
 
 
 # ----------------------------------------------------------------------------- Python loop
@@ -728,67 +803,27 @@ class LoopState(NamedTuple):
     stopped: jax.Array  # bool
 
 
-def _data_signature(data: Data) -> tuple:
-    """(shape, dtype) per field (None for a missing one): what the jitted loop pieces depend on."""
-    return tuple(None if a is None else (tuple(np.shape(a)), str(a.dtype)) for a in data)
+class _PythonLoop(NamedTuple):
+    """The Python loop's jitted pieces for one (task, config, data spec)."""
+
+    steps_per_epoch: int
+    init: Callable  # (hp, key) -> LoopState
+    batches: Callable  # (key, epoch) -> Batches of that epoch
+    step: Callable  # (ls, x, y, batches, hp, key) -> LoopState
+    chunk_metrics: Callable  # (params, state, x, y, mask, hp) -> {name: sum}
+    end_epoch: Callable  # (ls, record, hp) -> LoopState
 
 
-_PYTHON_CACHE: dict = {}
-
-
-def _python_fns(task: Task, cfg: TrainConfig, data: Data):
-    """The Python loop's pieces, jitted once per (task, config, data shapes) and reused.
-
-    A sequential sweep calls this once per member: the cache makes every member after the
-    first reuse the compiled step instead of tracing and compiling it again.
-    """
-    cache_key = (id(task), cfg, _data_signature(data))
-    hit = _PYTHON_CACHE.get(cache_key)
-    if hit is None or hit[0] is not task:
-        hit = (task, _python_jits(task, cfg, data))
-        _PYTHON_CACHE[cache_key] = hit
-    spe, init_fn, perm_fn, step_fn, chunk_fn, end_epoch_fn = hit[1]
-
-    def eval_set(params, state, x, y, hp):
-        # Chunks jitted one by one (convolutions in lax.map hit the slow scan path).
-        nx = x.shape[0]
-        size = min(cfg.eval_batch_size, nx)
-        totals = None
-        for start in range(0, nx, size):
-            xb, yb = x[start : start + size], y[start : start + size]
-            m = jnp.ones((xb.shape[0],), bool)
-            if xb.shape[0] < size:  # pad to one shape: one compilation
-                pad = size - xb.shape[0]
-                xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
-                yb = jnp.concatenate([yb, jnp.zeros((pad, *yb.shape[1:]), yb.dtype)])
-                m = jnp.arange(size) < size - pad
-            s = chunk_fn(params, state, xb, yb, m, hp)
-            totals = s if totals is None else {k: totals[k] + s[k] for k in s}
-        return {k: v / nx for k, v in totals.items()}
-
-    def end_epoch(ls: LoopState, hp):
-        record = {}
-        ts = ls.train
-        if cfg.eval_train:
-            for k, v in eval_set(ts.params, ts.model_state, data.x_train, data.y_train, hp).items():
-                record[f"train_{k}"] = v
-        if data.x_val is not None:
-            for k, v in eval_set(ts.params, ts.model_state, data.x_val, data.y_val, hp).items():
-                record[f"val_{k}"] = v
-        return end_epoch_fn(ls, record, hp)
-
-    return spe, init_fn, perm_fn, step_fn, end_epoch
-
-
-def _python_jits(task: Task, cfg: TrainConfig, data: Data):
-    """The jitted functions of the Python loop (they use ``data``'s shapes only)."""
-    n = int(data.x_train.shape[0])
-    keys = history_keys(task, cfg, data)
+@functools.lru_cache(maxsize=COMPILED_CACHE_SIZE)
+def _python_loop(task: Task, cfg: TrainConfig, spec: Data) -> _PythonLoop:
+    """Jits the Python loop's pieces once per (task, config, data spec), kept in an LRU cache:
+    a sequential sweep's members after the first reuse the compiled step."""
+    n = int(spec.x_train.shape[0])
+    keys = history_keys(task, cfg, spec)
     spe = num_batches(n, cfg.batch_size, drop_remainder=cfg.drop_remainder)
     tx, step = make_step(task, cfg, spe)
     schedule = lr_multiplier(cfg, spe)
 
-    @jax.jit
     def init_fn(hp, key):
         k_init, _, _ = split_keys(key)
         ts = init_state(task, tx, k_init, hp)
@@ -798,14 +833,12 @@ def _python_jits(task: Task, cfg: TrainConfig, data: Data):
             ts, _init_early(cfg, ts), hist, z, z, jnp.zeros((), jnp.float32), jnp.zeros((), bool)
         )
 
-    @jax.jit
-    def perm_fn(key, epoch):
+    def batches_fn(key, epoch):
         _, k_data, _ = split_keys(key)
         return epoch_batches(
             jax.random.fold_in(k_data, epoch), n, cfg.batch_size, drop_remainder=cfg.drop_remainder
         )
 
-    @jax.jit
     def step_fn(ls: LoopState, x, y, batches, hp, key):
         # The batch is picked inside the jit by the carried counter ls.batch: slicing the
         # epoch's index array eagerly on the host would wait for the previous step each time
@@ -816,25 +849,62 @@ def _python_jits(task: Task, cfg: TrainConfig, data: Data):
         ts, loss = step(ls.train, (x[idx], y[idx], mask), hp, k_drop)
         return ls._replace(train=ts, batch=ls.batch + 1, loss_sum=ls.loss_sum + loss)
 
-    @jax.jit
     def chunk_fn(params, state, x, y, mask, hp):
         return _chunk_metrics(task, params, state, x, y, mask, hp)
 
-    @jax.jit
     def end_epoch_fn(ls: LoopState, record, hp):
         ts = ls.train
         record = dict(record)
         record["train_batch_loss"] = ls.loss_sum / jnp.maximum(ls.batch, 1).astype(jnp.float32)
         record["lr"] = hp.learning_rate * schedule(ts.step)
-        e = ls.epoch
-        hist = {k: ls.history[k].at[e].set(jnp.asarray(record[k], jnp.float32)) for k in ls.history}
-        es = _early_update(cfg, ls.early, ts, hist[cfg.monitor][e], e)
-        stop = _should_stop(cfg, es, ts)
-        return LoopState(
-            ts, es, hist, e + 1, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), stop
-        )
+        hist, es, stop = _record_epoch(cfg, ts, ls.early, ls.history, ls.epoch, record)
+        z = jnp.zeros((), jnp.int32)
+        return LoopState(ts, es, hist, ls.epoch + 1, z, jnp.zeros((), jnp.float32), stop)
 
-    return spe, init_fn, perm_fn, step_fn, chunk_fn, end_epoch_fn
+    fns = (init_fn, batches_fn, step_fn, chunk_fn, end_epoch_fn)
+    return _PythonLoop(spe, *(jax.jit(f) for f in fns))
+
+
+def _eval_set(pl: _PythonLoop, cfg: TrainConfig, params, state, x, y, hp) -> dict:
+    """Mean loss / metrics over ``x``: chunks jitted one by one (convolutions inside
+    ``lax.map`` hit XLA's slow loop path), the last one padded to the same shape."""
+    nx = x.shape[0]
+    size = min(cfg.eval_batch_size, nx)
+    totals = None
+    for start in range(0, nx, size):
+        xb, yb = x[start : start + size], y[start : start + size]
+        m = jnp.ones((xb.shape[0],), bool)
+        if xb.shape[0] < size:  # pad to one shape: one compilation
+            pad = size - xb.shape[0]
+            xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
+            yb = jnp.concatenate([yb, jnp.zeros((pad, *yb.shape[1:]), yb.dtype)])
+            m = jnp.arange(size) < size - pad
+        s = pl.chunk_metrics(params, state, xb, yb, m, hp)
+        totals = s if totals is None else {k: totals[k] + s[k] for k in s}
+    return {k: v / nx for k, v in totals.items()}
+
+
+def _end_epoch(pl: _PythonLoop, cfg: TrainConfig, data: Data, ls: LoopState, hp) -> LoopState:
+    record = {}
+    ts = ls.train
+    sets = [("train", data.x_train, data.y_train)] if cfg.eval_train else []
+    if data.x_val is not None:
+        sets.append(("val", data.x_val, data.y_val))
+    for prefix, x, y in sets:
+        for k, v in _eval_set(pl, cfg, ts.params, ts.model_state, x, y, hp).items():
+            record[f"{prefix}_{k}"] = v
+    return pl.end_epoch(ls, record, hp)
+
+
+def init_loop_state(task: Task, cfg: TrainConfig, data: Data, hp: Hyper, key) -> LoopState:
+    """The Python loop's state before the first step (a checkpoint's template).
+
+    Args:
+        data: the run's data (only shapes and dtypes are read).
+        hp: hyperparameters; key: the run's root key.
+    """
+    data = as_data(data)
+    return _python_loop(task, cfg, data_spec(data)).init(hp.as_arrays(), key)
 
 
 def train_python(
@@ -848,32 +918,31 @@ def train_python(
     quiet: bool = True,
     desc: str | None = None,
 ) -> TrainResult:
-    """The run as a Python loop over a jitted step (same maths as :func:`train_scan`).
+    """The run as a Python loop over a jitted step (same maths as :func:`make_train`).
 
     Args:
         checkpointer: optional :class:`mljax.train.checkpoint.Checkpointer`: resumes from its
-            file if present, saves every ``every`` steps, at the end, and on Ctrl-C.
+            latest checkpoint if there is one, saves every ``every`` steps, at the end, and
+            on Ctrl-C.
         quiet: hide the progress bar.
     """
-    from mljax.experiment import progress
-
-    spe, init_fn, perm_fn, step_fn, end_epoch = _python_fns(task, cfg, data)
-    ls = init_fn(hp, key)
+    pl = _python_loop(task, cfg, data_spec(data))
+    spe = pl.steps_per_epoch
+    ls = pl.init(hp, key)
     if checkpointer is not None:
         ls = checkpointer.restore_or(ls)
     x, y = data.x_train, data.y_train
-    total = cfg.epochs * spe
     done = int(ls.epoch) * spe + int(ls.batch)
-    bar = progress(total=total, desc=desc or "train", quiet=quiet, initial=done)
+    bar = progress(total=cfg.epochs * spe, desc=desc or "train", quiet=quiet, initial=done)
     try:
         while int(ls.epoch) < cfg.epochs and not bool(ls.stopped):
-            batches = perm_fn(key, ls.epoch)
+            batches = pl.batches(key, ls.epoch)
             for _ in range(int(ls.batch), spe):  # ls.batch counts inside the jit
-                ls = step_fn(ls, x, y, batches, hp, key)
+                ls = pl.step(ls, x, y, batches, hp, key)
                 bar.update(1)
                 if checkpointer is not None:
                     checkpointer.maybe_save(ls, int(ls.train.step))
-            ls = end_epoch(ls, hp)
+            ls = _end_epoch(pl, cfg, data, ls, hp)
             if checkpointer is not None:
                 checkpointer.maybe_save(ls, int(ls.train.step), epoch_end=True)
     except KeyboardInterrupt:
@@ -884,29 +953,7 @@ def train_python(
         bar.close()
     if checkpointer is not None:
         checkpointer.save(ls)
-    ts, es = ls.train, ls.early
-    return _result(ts, es, ls.epoch, ls.history, "python")
-
-
-_SCAN_CACHE: dict = {}
-
-
-def _jitted_scan(task: Task, cfg: TrainConfig):
-    key = (id(task), cfg)
-    fn = _SCAN_CACHE.get(key)
-    if fn is None or fn[0] is not task:
-        fn = (task, jax.jit(lambda data, hp, k: train_scan(task, cfg, data, hp, k)))
-        _SCAN_CACHE[key] = fn
-    return fn[1]
-
-
-def as_data(data: Data | tuple | Mapping) -> Data:
-    """Data as device arrays (``Data``, a tuple in its field order, or a mapping)."""
-    if isinstance(data, Mapping):
-        data = Data(**data)
-    elif not isinstance(data, Data):
-        data = Data(*data)
-    return Data(*(None if a is None else jnp.asarray(a) for a in data))
+    return _result(ls.train, ls.early, ls.epoch, ls.history, "python")
 
 
 def train(
@@ -940,16 +987,10 @@ def train(
     data = as_data(data)
     hp = Hyper() if hp is None else hp
     check_inputs(task, cfg, data, hp)
-    _check_monitor(task, cfg, data)
+    check_monitor(task, cfg, data)
     hp = hp.as_arrays()
     key = jax.random.key(0) if key is None else key
     strategy = "python" if checkpointer is not None else pick_strategy(task, cfg)
     if strategy == "python":
         return train_python(task, cfg, data, hp, key, checkpointer=checkpointer, quiet=quiet)
-    return _jitted_scan(task, cfg)(data, hp, key)._replace(strategy="scan")
-
-
-def finite_or_nan(x) -> np.ndarray:
-    """Host copy with non-finite values as NaN (for tables)."""
-    arr = np.asarray(x, dtype=np.float64)
-    return np.where(np.isfinite(arr), arr, math.nan)
+    return _compiled_train(task, cfg)(data, hp, key)._replace(strategy="scan")

@@ -4,11 +4,14 @@ A sweep has M members; member m has a seed s_m, a :class:`~mljax.train.loop.Hype
 (learning rate, momentum, weight decay, L1/L2, dropout rate) and a dataset index d_m. The
 numeric values are traced, so
 
-    results = jit(vmap(train_scan(task, cfg, data[d_m], h_m, fold_in(root, s_m))))(members)
+    results = jit(vmap(train_fn))(data, d_m, h_m, s_m, root)     (train_fn = make_member_train)
 
-is compiled once per (task, config, data shapes) and reused for every chunk. Settings that
-change shapes (layer sizes, batch size, dataset shape) are separate calls of :func:`sweep`,
-looped outside; the jit cache reuses compiled code when shapes repeat.
+with ``train_fn`` training ``data[d_m]`` with ``h_m`` from key ``fold_in(root, s_m)``
+(:func:`mljax.train.loop.make_train`), is compiled once per (task, config, data shapes) and
+reused for every chunk. Settings that change shapes (layer sizes, batch size, dataset shape)
+are separate calls of :func:`sweep`, looped outside; a bounded LRU cache
+(:func:`compiled_members`, :data:`mljax.train.loop.COMPILED_CACHE_SIZE` entries) reuses the
+compiled program when the same (task, config) comes back.
 
 Divergence isolation: vmap keeps members independent (no reduction crosses the member
 axis), and a member whose loss becomes NaN/inf is frozen and flagged by the step itself
@@ -32,8 +35,9 @@ loop over a jitted step, compiled once and reused (``SweepResult.strategy`` says
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -42,8 +46,25 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mljax.progress import progress
 from mljax.train import loop
 from mljax.train.loop import HYPER_FIELDS, Data, Hyper, Task, TrainConfig
+from mljax.validation import check_chunk_size
+
+__all__ = [
+    "MESH_AXIS",
+    "SWEEP_STRATEGIES",
+    "GroupStats",
+    "Member",
+    "SweepResult",
+    "compiled_members",
+    "grid_members",
+    "group_stats",
+    "make_member_train",
+    "pick_sweep_strategy",
+    "stack_hyper",
+    "sweep",
+]
 
 SWEEP_STRATEGIES = ("auto", "vmap", "sequential")
 MESH_AXIS = "sweep"
@@ -126,7 +147,8 @@ def grid_members(
     return members
 
 
-def _stack_hyper(members: Sequence[Member]) -> Hyper:
+def stack_hyper(members: Sequence[Member]) -> Hyper:
+    """The members' hyperparameters as one :class:`Hyper` of float32 ``[M]`` arrays."""
     return Hyper(
         *(jnp.asarray([getattr(m.hyper, f) for m in members], jnp.float32) for f in HYPER_FIELDS)
     )
@@ -152,6 +174,7 @@ def _stack_data(datasets: Sequence[Data]) -> Data:
 
 
 def pick_sweep_strategy(task: Task, strategy: str) -> str:
+    """``strategy``, or for "auto": "sequential" for convolutional models, else "vmap"."""
     if strategy not in SWEEP_STRATEGIES:
         raise ValueError(f"strategy must be one of {SWEEP_STRATEGIES}, got {strategy!r}")
     if strategy != "auto":
@@ -159,32 +182,109 @@ def pick_sweep_strategy(task: Task, strategy: str) -> str:
     return "sequential" if task.has_conv else "vmap"
 
 
-_CACHE: dict = {}
+def make_member_train(task: Task, cfg: TrainConfig, *, multi_data: bool = False) -> Callable:
+    """One member's run as a pure function (vmap it over the member arguments).
 
+    Returns:
+        ``train_member(data, data_index, hp, seed, root) -> TrainResult``: trains
+        ``data[data_index]`` (``data`` stacked on a leading axis when ``multi_data``, else
+        ``data`` itself) with ``hp`` from key ``fold_in(root, seed)``. :func:`sweep` runs
+        ``jit(vmap(train_member, in_axes=(None, 0, 0, 0, None)))``.
+    """
+    train_fn = loop.make_train(task, cfg)
 
-def _member_fn(task: Task, cfg: TrainConfig, multi_data: bool):
-    """jit(vmap(train one member)); cached per (task, cfg, multi_data)."""
-    cache_key = (id(task), cfg, multi_data)
-    hit = _CACHE.get(cache_key)
-    if hit is not None and hit[0] is task:
-        return hit[1]
-
-    def one(data, data_index, hp, seed, root):
+    def train_member(data, data_index, hp, seed, root):
         if multi_data:
             data = jax.tree.map(lambda a: a[data_index], data)
-        key = jax.random.fold_in(root, seed)
-        res = loop.train_scan(task, cfg, data, hp, key)
-        return res
+        return train_fn(data, hp, jax.random.fold_in(root, seed))
 
-    fn = jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0, None)))
-    _CACHE[cache_key] = (task, fn)
-    return fn
+    return train_member
+
+
+@functools.lru_cache(maxsize=loop.COMPILED_CACHE_SIZE)
+def compiled_members(task: Task, cfg: TrainConfig, multi_data: bool = False) -> Callable:
+    """``jit(vmap(make_member_train(task, cfg)))`` over (data_index, hp, seed), kept in a
+    bounded LRU cache: the program :func:`sweep` runs (``.lower(...)`` it to time its
+    compilation)."""
+    member = make_member_train(task, cfg, multi_data=multi_data)
+    return jax.jit(jax.vmap(member, in_axes=(None, 0, 0, 0, None)))
+
+
+def _check_sweep(task, cfg, datasets, members, data_names) -> tuple[str, ...]:
+    """Every check before anything is traced; returns the history keys."""
+    if not members:
+        raise ValueError("members is empty: the sweep grid has no member")
+    if not datasets:
+        raise ValueError("data is an empty list")
+    if data_names is not None and len(data_names) != len(datasets):
+        raise ValueError(f"data_names has {len(data_names)} names for {len(datasets)} datasets")
+    for m in members:
+        if not 0 <= m.data_index < len(datasets):
+            raise ValueError(f"member {m} has data_index outside [0, {len(datasets)})")
+        loop.check_hyper(m.hyper)
+        loop.check_task_hyper(task, m.hyper)
+    for d in datasets:
+        loop.check_inputs(task, cfg, d)
+    return loop.check_monitor(task, cfg, datasets[0])
+
+
+def _run_sequential(task, cfg, datasets, members, key, quiet) -> loop.TrainResult:
+    """Each member by the Python loop (its jitted step compiled once); stacked host arrays."""
+    outs = []
+    for m in progress(members, desc="sweep", quiet=quiet):
+        m_key = jax.random.fold_in(key, m.seed)
+        res = loop.train_python(task, cfg, datasets[m.data_index], m.hyper.as_arrays(), m_key)
+        outs.append(jax.device_get(res._replace(strategy=None)))
+    return jax.tree.map(lambda *a: np.stack(a), *outs)
 
 
 def _mesh(devices) -> Mesh | None:
     if devices is None or len(devices) <= 1:
         return None
     return Mesh(np.array(devices), (MESH_AXIS,))
+
+
+def _run_vmap(task, cfg, datasets, members, key, size, devices, quiet):
+    """Chunks of ``size`` members through one vmapped program, the member axis sharded over
+    ``devices``; returns (stacked host results, device count)."""
+    mesh = _mesh(jax.devices() if devices == "all" else devices)
+    n_dev = 1 if mesh is None else mesh.size
+    size = -(-size // n_dev) * n_dev  # a multiple of the device count
+    multi = len(datasets) > 1
+    shared = _stack_data(datasets) if multi else datasets[0]
+    fn = compiled_members(task, cfg, multi)
+    if mesh is not None:
+        shared = jax.device_put(shared, NamedSharding(mesh, P()))
+    outs = []
+    for start in progress(range(0, len(members), size), desc="sweep chunks", quiet=quiet):
+        chunk = members[start : start + size]
+        padded = chunk + [chunk[0]] * (size - len(chunk))
+        args = (
+            jnp.asarray([m.data_index for m in padded], jnp.int32),
+            stack_hyper(padded),
+            jnp.asarray([m.seed for m in padded], jnp.uint32),
+        )
+        if mesh is not None:
+            args = jax.device_put(args, NamedSharding(mesh, P(MESH_AXIS)))
+        res = jax.device_get(fn(shared, *args, key))
+        outs.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n], res))
+    return jax.tree.map(lambda *a: np.concatenate(a), *outs), n_dev
+
+
+def _tidy_rows(members, stacked, monitor, keys_hist, data_names) -> list[dict]:
+    rows = []
+    for i, m in enumerate(members):
+        row = {"member": i, "seed": m.seed, "data": data_names[m.data_index]}
+        row.update({f: float(getattr(m.hyper, f)) for f in HYPER_FIELDS})
+        row["best_epoch"] = int(stacked.best_epoch[i])
+        row[f"best_{monitor}"] = float(stacked.best_value[i])
+        row["epochs_run"] = int(stacked.epochs_run[i])
+        last = max(int(stacked.epochs_run[i]) - 1, 0)
+        for k in keys_hist:
+            row[f"final_{k}"] = float(stacked.history[k][i, last])
+        row["diverged"] = bool(stacked.diverged[i])
+        rows.append(row)
+    return rows
 
 
 def sweep(
@@ -214,7 +314,7 @@ def sweep(
             the device count.
         devices: ``"all"`` (``jax.devices()``), a list of devices, or None (no sharding).
         strategy: "auto", "vmap" or "sequential" (see the module docstring).
-        data_names: names for the tidy table's ``data`` column.
+        data_names: names for the tidy table's ``data`` column, one per dataset.
         quiet: hide the progress bar.
 
     Returns:
@@ -223,82 +323,17 @@ def sweep(
     Raises:
         ValueError: empty member list, bad hyperparameters, bad sizes, mismatched datasets.
     """
-    from mljax.experiment import progress
-
     members = list(members)
-    if not members:
-        raise ValueError("members is empty: the sweep grid has no member")
-    datasets = [loop.as_data(data)] if isinstance(data, Data) else [loop.as_data(d) for d in data]
-    if not datasets:
-        raise ValueError("data is an empty list")
-    for m in members:
-        if not 0 <= m.data_index < len(datasets):
-            raise ValueError(f"member {m} has data_index outside [0, {len(datasets)})")
-        loop.check_hyper(m.hyper)
-        loop.check_task_hyper(task, m.hyper)
-    for d in datasets:
-        loop.check_inputs(task, cfg, d)
-    keys_hist = loop._check_monitor(task, cfg, datasets[0])
-    key = jax.random.key(0) if key is None else key
+    datasets = [loop.as_data(d) for d in ([data] if isinstance(data, Data) else data)]
+    keys_hist = _check_sweep(task, cfg, datasets, members, data_names)
+    size = min(check_chunk_size(chunk_size, len(members)), len(members))
     picked = pick_sweep_strategy(task, strategy)
-    if data_names is None:
-        data_names = [str(i) for i in range(len(datasets))]
-
+    key = jax.random.key(0) if key is None else key
     if picked == "sequential":
-        outs = []
-        for m in progress(members, desc="sweep", quiet=quiet):
-            res = loop.train_python(
-                task,
-                cfg,
-                datasets[m.data_index],
-                m.hyper.as_arrays(),
-                jax.random.fold_in(key, m.seed),
-            )
-            outs.append(jax.device_get(res._replace(strategy=None)))
-        stacked = jax.tree.map(lambda *a: np.stack(a), *outs)
-        n_dev = 1
+        stacked, n_dev = _run_sequential(task, cfg, datasets, members, key, quiet), 1
     else:
-        devs = jax.devices() if devices == "all" else devices
-        mesh = _mesh(devs)
-        n_dev = 1 if mesh is None else len(devs)
-        if chunk_size is not None and int(chunk_size) < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
-        size = len(members) if chunk_size is None else min(int(chunk_size), len(members))
-        size = -(-size // n_dev) * n_dev
-        multi = len(datasets) > 1
-        shared = _stack_data(datasets) if multi else datasets[0]
-        fn = _member_fn(task, cfg, multi)
-        if mesh is not None:
-            shared = jax.device_put(shared, NamedSharding(mesh, P()))
-        outs = []
-        chunks = range(0, len(members), size)
-        for start in progress(chunks, desc="sweep chunks", quiet=quiet):
-            chunk = members[start : start + size]
-            padded = chunk + [chunk[0]] * (size - len(chunk))
-            args = (
-                jnp.asarray([m.data_index for m in padded], jnp.int32),
-                _stack_hyper(padded),
-                jnp.asarray([m.seed for m in padded], jnp.uint32),
-            )
-            if mesh is not None:
-                args = jax.device_put(args, NamedSharding(mesh, P(MESH_AXIS)))
-            res = fn(shared, *args, key)
-            res = jax.device_get(res)
-            outs.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n], res))
-        stacked = jax.tree.map(lambda *a: np.concatenate(a), *outs)
-
-    rows = []
-    for i, m in enumerate(members):
-        row = {"member": i, "seed": m.seed, "data": data_names[m.data_index]}
-        row.update({f: float(getattr(m.hyper, f)) for f in HYPER_FIELDS})
-        row["best_epoch"] = int(stacked.best_epoch[i])
-        row[f"best_{cfg.monitor}"] = float(stacked.best_value[i])
-        row["epochs_run"] = int(stacked.epochs_run[i])
-        last = max(int(stacked.epochs_run[i]) - 1, 0)
-        for k in keys_hist:
-            row[f"final_{k}"] = float(stacked.history[k][i, last])
-        row["diverged"] = bool(stacked.diverged[i])
-        rows.append(row)
+        stacked, n_dev = _run_vmap(task, cfg, datasets, members, key, size, devices, quiet)
+    names = [str(i) for i in range(len(datasets))] if data_names is None else list(data_names)
     return SweepResult(
         members=members,
         params=stacked.params,
@@ -309,7 +344,7 @@ def sweep(
         diverged=np.asarray(stacked.diverged),
         diverged_step=np.asarray(stacked.diverged_step),
         history={k: np.asarray(v) for k, v in stacked.history.items()},
-        rows=rows,
+        rows=_tidy_rows(members, stacked, cfg.monitor, keys_hist, names),
         strategy=picked,
         devices=n_dev,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +22,7 @@ LINEAR = tasks.layer_task((Dense(2),), (1, 3))
 
 
 def _tree_close(a, b, **kw):
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), **kw)
+    chex.assert_trees_all_close(a, b, **kw)
 
 
 OPTAX_REFERENCE = {
@@ -99,7 +99,7 @@ def test_schedules_scale_the_base_rate(schedule, reference):
 
 
 MLP = tasks.layer_task((Dense(8), BatchNorm(), Activation("relu"), Dropout(0.3), Dense(2)), (1, 3))
-MLP_CFG = loop.TrainConfig(epochs=4, batch_size=8, optimizer="momentum", patience=10)
+MLP_CFG = loop.TrainConfig(epochs=2, batch_size=8, optimizer="momentum", patience=10)
 
 
 def test_scan_and_python_strategies_agree():
@@ -176,7 +176,9 @@ def test_divergence_freezes_and_flags():
         ({"optimizer": "rmsprop"}, "optimizer must be one of"),
         ({"schedule": "linear"}, "schedule must be one of"),
         ({"grad_source": "numeric"}, "grad_source must be one of"),
-        ({"epochs": 0}, "epochs must be a positive int"),
+        ({"epochs": 0}, "epochs must be an int >= 1"),
+        ({"batch_size": 2.0}, "batch_size must be an int"),
+        ({"decay_rate": 0.0}, "decay_rate must be a finite number"),
         ({"patience": 0}, "patience"),
         ({"strategy": "pmap"}, "strategy must be one of"),
     ],
@@ -189,8 +191,8 @@ def test_bad_config_is_a_value_error(kwargs, match):
 @pytest.mark.parametrize(
     "hp, match",
     [
-        (loop.Hyper(learning_rate=0.0), "learning_rate must be > 0"),
-        (loop.Hyper(learning_rate=-1.0), "learning_rate must be > 0"),
+        (loop.Hyper(learning_rate=0.0), r"learning_rate must be a finite number in \(0"),
+        (loop.Hyper(learning_rate=-1.0), r"learning_rate must be a finite number in \(0"),
         (loop.Hyper(momentum=1.5), "momentum"),
         (loop.Hyper(l2=-0.1), "l2"),
         (loop.Hyper(learning_rate=float("nan")), "learning_rate"),
@@ -292,3 +294,53 @@ def test_manual_and_autodiff_gradients_agree_under_a_traced_dropout_rate(x64):
     _tree_close(jax.tree.map(lambda a: a[0], man_g), jax.grad(plain)(w), rtol=1e-10, atol=1e-14)
     k = man_g["layer_0"]["kernel"]
     assert not np.allclose(k[1], k[0]) and not np.allclose(k[2], k[1])
+
+
+def test_make_train_is_pure_and_compiles_once_for_every_batch_of_members():
+    """The caller owns jit(vmap(make_train(...))): one trace serves every batch of members of
+    the same shapes, and each member equals loop.train with its own key and hyperparameters."""
+    cfg = loop.TrainConfig(epochs=3, batch_size=8, optimizer="momentum", eval_train=False)
+    train_fn = chex.assert_max_traces(loop.make_train(LINEAR, cfg), n=1)
+    batched = jax.jit(jax.vmap(train_fn, in_axes=(None, 0, 0)))
+    data = loop.as_data(DATA)
+    results = []
+    for lrs, seeds in (([0.05, 0.1], [0, 1]), ([0.2, 0.3], [2, 3])):
+        hp = loop.Hyper(*(jnp.full(2, v, jnp.float32) for v in loop.Hyper()))
+        hp = hp._replace(learning_rate=jnp.asarray(lrs, jnp.float32))
+        keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
+        results.append((lrs, seeds, batched(data, hp, keys)))  # second batch: no retrace
+    for lrs, seeds, res in results:
+        for i, (lr, seed) in enumerate(zip(lrs, seeds, strict=True)):
+            alone = loop.train(
+                LINEAR, cfg, DATA, loop.Hyper(learning_rate=lr), key=jax.random.key(seed)
+            )
+            member = jax.tree.map(lambda a, i=i: a[i], (res.params, res.history))
+            chex.assert_trees_all_close(member, (alone.params, alone.history), rtol=1e-5, atol=1e-6)
+
+
+def _count_train_steps(task, n):
+    """``task`` whose training-mode forward pass (traced only inside the training step) may
+    be traced at most ``n`` times in this process (chex.assert_max_traces)."""
+
+    @chex.assert_max_traces(n=n)
+    def forward(params, state, x, rng, hparams):
+        return task.apply(params, state, x, train=True, rng=rng, hparams=hparams)
+
+    def apply(params, state, x, *, train, rng, hparams):
+        if train:
+            return forward(params, state, x, rng, hparams)
+        return task.apply(params, state, x, train=False, rng=rng, hparams=hparams)
+
+    return dataclasses.replace(task, apply=apply)
+
+
+def test_python_loop_compiles_the_step_once_across_epochs_and_runs():
+    """The Python loop traces its step once: not per epoch, nor per call with the same task,
+    config and data shapes (the bounded LRU cache), whatever the hyperparameters and key."""
+    task = _count_train_steps(MLP, n=1)
+    cfg = dataclasses.replace(MLP_CFG, strategy="python", epochs=3)
+    a = loop.train(task, cfg, DATA, loop.Hyper(learning_rate=0.1), key=jax.random.key(0))
+    b = loop.train(task, cfg, DATA, loop.Hyper(learning_rate=0.2), key=jax.random.key(1))
+    assert int(a.epochs_run) == int(b.epochs_run) == 3
+    ref = loop.train(MLP, cfg, DATA, loop.Hyper(learning_rate=0.2), key=jax.random.key(1))
+    chex.assert_trees_all_close((b.params, b.history), (ref.params, ref.history), rtol=1e-6)

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,8 +30,7 @@ CFG = loop.TrainConfig(epochs=6, batch_size=10, optimizer="momentum")
 
 
 def _equal(a, b):
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    chex.assert_trees_all_equal(a, b)
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +49,17 @@ def test_divergent_members_are_frozen_and_others_bit_identical(with_divergent):
     assert np.all(res.epochs_run[res.diverged] < CFG.epochs)
     for leaf in jax.tree.leaves(res.params):
         assert np.all(np.isfinite(leaf))  # frozen at the last finite step
-    good = [m for m in members if m.hyper.learning_rate != 30.0]
-    alone = sweep.sweep(TASK, CFG, DATA, good, devices=None)
-    _equal(jax.tree.map(lambda a: a[~res.diverged], res.params), alone.params)
-    _equal({k: v[~res.diverged] for k, v in res.history.items()}, alone.history)
-    assert not alone.diverged.any()
-    # ... and each equals training it alone, outside any sweep.
-    m = good[3]
-    single = loop.train(TASK, CFG, DATA, m.hyper, key=jax.random.fold_in(jax.random.key(0), m.seed))
-    _equal(jax.tree.map(lambda a: a[3], alone.params), single.params)
-    _equal({k: v[3] for k, v in alone.history.items()}, single.history)
+    # Every other member equals training it alone, outside any sweep (one compiled program
+    # serves all the single runs).
+    for i in np.flatnonzero(~res.diverged):
+        m = members[i]
+        key = jax.random.fold_in(jax.random.key(0), m.seed)
+        single = loop.train(TASK, CFG, DATA, m.hyper, key=key)
+        assert not bool(single.diverged)
+        _equal(
+            jax.tree.map(lambda a, i=i: a[i], (res.params, res.history)),
+            (single.params, single.history),
+        )
 
 
 def test_chunking_gives_the_same_results(with_divergent):
@@ -84,10 +85,10 @@ def test_same_shape_datasets_are_swept_as_traced_data():
     members = sweep.grid_members([0, 1], data_indices=(0, 1), base=loop.Hyper(learning_rate=0.1))
     res = sweep.sweep(TASK, CFG, [DATA, other], members, devices=None, data_names=["a", "b"])
     assert [r["data"] for r in res.rows] == ["a", "a", "b", "b"]
-    one = sweep.sweep(
-        TASK, CFG, other, [m._replace(data_index=0) for m in members[2:]], devices=None
-    )
-    _equal(jax.tree.map(lambda a: a[2:], res.params), one.params)
+    for i, m in enumerate(members):
+        key = jax.random.fold_in(jax.random.key(0), m.seed)
+        single = loop.train(TASK, CFG, [DATA, other][m.data_index], m.hyper, key=key)
+        _equal(jax.tree.map(lambda a, i=i: a[i], res.params), single.params)
 
 
 DROP_LAYERS = (Dense(8), Activation("relu"), Dropout(0.0), Dense(1))
@@ -137,14 +138,18 @@ def test_traced_dropout_rate_equals_the_static_rate(dropout_sweep, rate):
         np.testing.assert_allclose(np.asarray(u)[i], np.asarray(v), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.slow
-def test_sequential_strategy_agrees_with_vmap():
-    members = sweep.grid_members(2, {"learning_rate": [0.1]})
-    vm = sweep.sweep(TASK, CFG, DATA, members, devices=None)
-    seq = sweep.sweep(TASK, CFG, DATA, members, strategy="sequential")
+def test_sequential_strategy_agrees_with_vmap(with_divergent):
+    """The Python loop per member (strategy "sequential") gives the vmapped members' runs."""
+    members, vm = with_divergent
+    idx = [i for i, m in enumerate(members) if m.hyper.learning_rate == 0.2]
+    seq = sweep.sweep(TASK, CFG, DATA, [members[i] for i in idx], strategy="sequential")
     assert seq.strategy == "sequential"
-    for u, v in zip(jax.tree.leaves(vm.params), jax.tree.leaves(seq.params), strict=True):
-        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+        jax.tree.map(lambda a: a[idx], (vm.params, vm.history)),
+        (seq.params, seq.history),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize(
@@ -158,7 +163,7 @@ def test_sequential_strategy_agrees_with_vmap():
             lambda: sweep.sweep(
                 TASK, CFG, DATA, sweep.grid_members(1, {"learning_rate": [0.1, -0.1]})
             ),
-            "learning_rate must be > 0",
+            r"learning_rate must be a finite number in \(0",
         ),
         (
             lambda: sweep.sweep(TASK, CFG, [DATA, loop.Data(X, Y, X, Y)], sweep.grid_members(1)),
@@ -169,16 +174,24 @@ def test_sequential_strategy_agrees_with_vmap():
             "strategy must be one of",
         ),
         (
+            lambda: sweep.sweep(TASK, CFG, DATA, sweep.grid_members(1), chunk_size=0),
+            "chunk_size must be None or an int >= 1",
+        ),
+        (
+            lambda: sweep.sweep(TASK, CFG, [DATA, DATA], sweep.grid_members(1), data_names=["a"]),
+            "data_names has 1 names for 2 datasets",
+        ),
+        (
             lambda: sweep.sweep(
                 DROP_TASK, CFG, DATA, sweep.grid_members(1, {"dropout_rate": [0.2, 1.0]})
             ),
-            r"dropout_rate must be in \[0, 1\)",
+            r"dropout_rate must be a finite number in \[0.0, 1.0\)",
         ),
         (
             lambda: sweep.sweep(
                 DROP_TASK, CFG, DATA, sweep.grid_members(1, {"dropout_rate": [-0.1]})
             ),
-            r"dropout_rate must be in \[0, 1\)",
+            r"dropout_rate must be a finite number in \[0.0, 1.0\)",
         ),
         (
             lambda: sweep.sweep(TASK, CFG, DATA, sweep.grid_members(1, {"dropout_rate": [0.2]})),
@@ -201,6 +214,8 @@ def test_sequential_strategy_agrees_with_vmap():
         "bad-lr",
         "shapes",
         "strategy",
+        "chunk-size",
+        "data-names",
         "dropout-1",
         "dropout-negative",
         "dropout-ignored-sweep",
@@ -215,60 +230,113 @@ def test_bad_input_is_a_value_error(call, match):
 
 SHARDED = textwrap.dedent(
     """
+    import sys
+    import chex
+    chex.set_n_cpu_devices(4)  # simulated devices, before JAX starts its backend
     import jax, jax.numpy as jnp, numpy as np
+    from mljax.config import enable_compilation_cache
     from mljax.nn.layers import Activation, Dense
     from mljax.train import loop, sweep, tasks
+    enable_compilation_cache()
     assert jax.device_count() == 4, jax.devices()
     x = jax.random.normal(jax.random.key(1), (60, 2)); y = jnp.where(x[:, 0] * x[:, 1] > 0, 1.0, -1.0)
     task = tasks.layer_task((Dense(6), Activation("relu"), Dense(1)), (1, 2), loss="mean_squared_error")
-    cfg = loop.TrainConfig(epochs=4, batch_size=10, optimizer="momentum")
+    cfg = loop.TrainConfig(epochs=6, batch_size=10, optimizer="momentum")
     data = loop.Data(x[:40], y[:40], x[40:], y[40:])
-    members = sweep.grid_members(3, {"learning_rate": [0.05, 30.0], "l2": [0.0, 0.01]})
-    sharded = sweep.sweep(task, cfg, data, members, chunk_size=6)
-    single = sweep.sweep(task, cfg, data, members, devices=[jax.devices()[0]])
-    assert sharded.devices == 4 and single.devices == 1, (sharded.devices, single.devices)
-    for a, b in zip(jax.tree.leaves((sharded.params, sharded.history, sharded.diverged)),
-                    jax.tree.leaves((single.params, single.history, single.diverged))):
-        np.testing.assert_array_equal(a, b)
-    print("SHARDED-OK", int(sharded.diverged.sum()))
+    members = sweep.grid_members(2, {"learning_rate": [0.05, 30.0, 0.2], "l2": [0.0, 0.01]})
+    sharded = sweep.sweep(task, cfg, data, members, chunk_size=5)  # chunks of 8: 8 + 4 padded
+    assert sharded.devices == 4, sharded.devices
+    leaves = jax.tree.leaves((sharded.params, sharded.history, sharded.diverged))
+    np.savez(sys.argv[1], *leaves)
     """
 )
 
 
-def test_sharded_sweep_equals_one_device():
+def test_sharded_sweep_equals_one_device(with_divergent, tmp_path):
+    """The with_divergent sweep on 4 simulated CPU devices (a subprocess: the device count is
+    fixed when JAX starts) equals it on one device, bit for bit."""
+    members, single = with_divergent
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    out = tmp_path / "sharded.npz"
     done = subprocess.run(
-        [sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", SHARDED, str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "SHARDED-OK 6" in done.stdout
+    with np.load(out) as f:
+        sharded = [f[f"arr_{i}"] for i in range(len(f.files))]
+    expected = jax.tree.leaves((single.params, single.history, single.diverged))
+    chex.assert_trees_all_equal(sharded, [np.asarray(a) for a in expected])
+    assert 0 < int(single.diverged.sum()) < len(members)  # both kinds of member were compared
 
 
-def test_sequential_members_reuse_the_compiled_step():
-    """The Python loop's step is traced (hence compiled) once, not once per member."""
-    traces = []  # training-mode traces: only the jitted step traces apply with train=True
+def _count_train_steps(task, n):
+    """``task`` whose training-mode forward pass (traced only inside the training step) may
+    be traced at most ``n`` times in this process (chex.assert_max_traces)."""
+
+    @chex.assert_max_traces(n=n)
+    def forward(params, state, x, rng, hparams):
+        return task.apply(params, state, x, train=True, rng=rng, hparams=hparams)
 
     def apply(params, state, x, *, train, rng, hparams):
         if train:
-            traces.append(x.shape)  # runs at trace time only
-        return TASK.apply(params, state, x, train=train, rng=rng, hparams=hparams)
+            return forward(params, state, x, rng, hparams)
+        return task.apply(params, state, x, train=False, rng=rng, hparams=hparams)
+
+    return dataclasses.replace(task, apply=apply)
+
+
+def test_vmapped_members_compile_once_across_chunks_and_calls():
+    """Two chunks of two members, then a second sweep: the member program is traced once."""
+    counting = _count_train_steps(TASK, n=1)
+    cfg = dataclasses.replace(CFG, epochs=2)
+    members = sweep.grid_members(2, {"learning_rate": [0.05, 0.2]})
+    res = sweep.sweep(counting, cfg, DATA, members, chunk_size=2, devices=None)
+    again = sweep.sweep(counting, cfg, DATA, members[:2], chunk_size=2, devices=None)
+    _equal(jax.tree.map(lambda a: a[:2], res.params), again.params)
+
+
+def test_sequential_members_reuse_the_compiled_step():
+    """The Python loop's step is traced (hence compiled) once, not once per member; an equal
+    task (same functions) reuses it, a task with other functions compiles its own."""
+    traces = []
+
+    def forward(params, state, x, rng, hparams):
+        traces.append(x.shape)  # runs at trace time only
+        return TASK.apply(params, state, x, train=True, rng=rng, hparams=hparams)
+
+    counted = chex.assert_max_traces(forward, n=2)
+
+    def apply(params, state, x, *, train, rng, hparams):
+        if train:
+            return counted(params, state, x, rng, hparams)
+        return TASK.apply(params, state, x, train=False, rng=rng, hparams=hparams)
 
     counting = dataclasses.replace(TASK, apply=apply)
     cfg = dataclasses.replace(CFG, epochs=2)
     members = sweep.grid_members(3, {"learning_rate": [0.05, 0.2]})
     first = sweep.sweep(counting, cfg, DATA, members[:1], strategy="sequential")
-    traced_once = len(traces)
-    assert traced_once == 1
+    assert len(traces) == 1
     rest = sweep.sweep(counting, cfg, DATA, members, strategy="sequential")
-    assert len(traces) == traced_once  # five more members, no new trace
+    assert len(traces) == 1  # five more members, no new trace
     # ... and reuse changes nothing: member 0 is the same run both times.
     _equal(jax.tree.map(lambda a: a[:1], rest.params), first.params)
-    # A second task object with the same maths gets its own compiled code.
-    other = dataclasses.replace(TASK, apply=apply)
-    sweep.sweep(other, cfg, DATA, members[:1], strategy="sequential")
-    assert len(traces) == 2 * traced_once
+    sweep.sweep(
+        dataclasses.replace(TASK, apply=apply), cfg, DATA, members[:1], strategy="sequential"
+    )
+    assert len(traces) == 1  # an equal task: the same cache entry
+    sweep.sweep(
+        dataclasses.replace(TASK, apply=lambda *a, **k: apply(*a, **k)),
+        cfg,
+        DATA,
+        members[:1],
+        strategy="sequential",
+    )
+    assert len(traces) == 2  # other functions: compiled anew
 
 
 # ----------------------------------------------------------------------------- group_stats
