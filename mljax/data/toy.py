@@ -101,7 +101,7 @@ def blobs(
     if isinstance(centers, int | np.integer) and not isinstance(centers, bool):
         centers = check_positive_int(centers, "centers")
         n_features = check_positive_int(n_features, "n_features")
-        check_allocation(centers * n_features, jnp.dtype(dtype).itemsize, f"{centers} centres")
+        check_allocation(centers * n_features, jnp.dtype(dtype).itemsize, f"centers={centers}")
         lo, hi = center_box
         check_scalar(lo, "center_box[0]")
         check_scalar(hi, "center_box[1]")
@@ -109,20 +109,29 @@ def blobs(
             raise ValueError(f"center_box must be (low, high) with low < high, got {center_box}")
         c = jax.random.uniform(k_centers, (centers, n_features), dtype, lo, hi)
     else:
-        if isinstance(centers, bool | float):
-            raise ValueError(f"centers must be an int or a [k, d] array, got {centers!r}")
-        c = jnp.asarray(centers, dtype)
+        try:
+            c = jnp.asarray(
+                centers if not is_concrete(centers) else np.asarray(centers, float), dtype
+            )
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"centers must be an int or a [k, d] array, got {centers!r}") from e
         if c.ndim != 2:
             raise ValueError(f"centers must be an int or a [k, d] array, got shape {c.shape}")
         check_finite(c, "centers")
     k, d = c.shape
-    check_allocation(n_samples * d, jnp.dtype(dtype).itemsize, f"blobs of {n_samples} × {d} points")
+    check_allocation(
+        n_samples * d, jnp.dtype(dtype).itemsize, f"n_samples={n_samples} points of {d} features"
+    )
     if n_samples < k:
         raise ValueError(f"n_samples ({n_samples}) must be >= the number of centres ({k})")
     counts = np.full(k, n_samples // k)
     counts[: n_samples % k] += 1
     labels = jnp.asarray(np.repeat(np.arange(k), counts), jnp.int32)
-    std = jnp.asarray(cluster_std, dtype)
+    try:
+        host = cluster_std if not is_concrete(cluster_std) else np.asarray(cluster_std, float)
+        std = jnp.asarray(host, dtype)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"cluster_std must be a finite number >= 0, got {cluster_std!r}") from e
     if std.ndim > 1 or std.size not in (1, k):
         raise ValueError(f"cluster_std must be a scalar or [k] = [{k}], got shape {std.shape}")
     if is_concrete(std) and not np.all(np.isfinite(np.asarray(std)) & (np.asarray(std) >= 0)):
@@ -231,7 +240,8 @@ def playground(
         )
     if is_concrete(noise):
         value = np.asarray(noise)
-        if value.ndim or not np.issubdtype(value.dtype, np.number) or not 0 <= value <= 0.5:
+        real = np.issubdtype(value.dtype, np.number) and not np.iscomplexobj(value)
+        if value.ndim or not real or not 0 <= value <= 0.5:
             raise ValueError(f"noise must lie in [0, 0.5] (the Playground's range), got {noise!r}")
     return _GENERATORS[name](key, n, noise)
 
