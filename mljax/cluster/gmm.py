@@ -738,10 +738,13 @@ def score_samples(x, params: GMMParams, *, covariance_type=None, chunk_size=None
 
 
 def score(x, params: GMMParams, *, covariance_type=None, sample_weight=None, chunk_size=None):
-    """(Weighted) mean per-sample log-likelihood (scikit-learn's ``score``): scalar."""
+    """(Weighted) mean per-sample log-likelihood (scikit-learn's ``score``): scalar.
+
+    Points of weight 0 are left out, also where ``log p(x_n) = -inf`` (as in :func:`e_step`).
+    """
     s = score_samples(x, params, covariance_type=covariance_type, chunk_size=chunk_size)
     w = validation.check_sample_weight(sample_weight, s.shape[0], s.dtype)
-    return jnp.sum(w * s) / jnp.sum(w)
+    return _weighted_sum(w, s) / jnp.sum(w)
 
 
 def predict_proba(x, params: GMMParams, *, covariance_type=None, chunk_size=None):
@@ -784,18 +787,31 @@ def n_parameters(params: GMMParams, *, covariance_type=None) -> int:
     return _ops_of(params, covariance_type).n_parameters(k, d) + k * d + k - 1
 
 
-def bic(x, params: GMMParams, *, covariance_type=None, chunk_size=None):
-    """Bayesian information criterion ``-2 n score + p log n`` (lower is better)."""
+def _total_log_likelihood(x, params, covariance_type, sample_weight, chunk_size):
+    """``(sum_n w_n log p(x_n), log sum_n w_n)``; ``n`` and ``log n`` when unweighted."""
     n = jnp.asarray(x).shape[0]
-    s = score(x, params, covariance_type=covariance_type, chunk_size=chunk_size)
-    return -2.0 * s * n + n_parameters(params, covariance_type=covariance_type) * math.log(n)
+    s = score(
+        x, params, covariance_type=covariance_type, sample_weight=sample_weight,
+        chunk_size=chunk_size,
+    )  # fmt: skip
+    if sample_weight is None:
+        return s * n, math.log(n)
+    wsum = jnp.sum(jnp.asarray(sample_weight, s.dtype))
+    return s * wsum, jnp.log(wsum)
 
 
-def aic(x, params: GMMParams, *, covariance_type=None, chunk_size=None):
-    """Akaike information criterion ``-2 n score + 2 p`` (lower is better)."""
-    n = jnp.asarray(x).shape[0]
-    s = score(x, params, covariance_type=covariance_type, chunk_size=chunk_size)
-    return -2.0 * s * n + 2.0 * n_parameters(params, covariance_type=covariance_type)
+def bic(x, params: GMMParams, *, covariance_type=None, sample_weight=None, chunk_size=None):
+    """Bayesian information criterion ``-2 sum_n w_n log p(x_n) + p log sum_n w_n`` (lower is
+    better; ``w_n = 1`` by default, so ``-2 n score + p log n``). Integer weights give the BIC
+    of the data with each point repeated ``w_n`` times."""
+    total, log_n = _total_log_likelihood(x, params, covariance_type, sample_weight, chunk_size)
+    return -2.0 * total + n_parameters(params, covariance_type=covariance_type) * log_n
+
+
+def aic(x, params: GMMParams, *, covariance_type=None, sample_weight=None, chunk_size=None):
+    """Akaike information criterion ``-2 sum_n w_n log p(x_n) + 2 p`` (lower is better)."""
+    total, _ = _total_log_likelihood(x, params, covariance_type, sample_weight, chunk_size)
+    return -2.0 * total + 2.0 * n_parameters(params, covariance_type=covariance_type)
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -1093,7 +1109,8 @@ def select_k_by_bic(key, x, ks, **fit_kwargs) -> BICSelection:
         key: PRNG key (the same key for every ``k``).
         x: ``[n, d]`` data.
         ks: candidate numbers of components.
-        **fit_kwargs: passed to :func:`fit` (``covariance_type``, ``n_init``, ...).
+        **fit_kwargs: passed to :func:`fit` (``covariance_type``, ``n_init``, ...);
+            ``sample_weight`` and ``chunk_size`` also weight and chunk the BIC.
 
     Returns:
         :class:`BICSelection`.
@@ -1101,7 +1118,11 @@ def select_k_by_bic(key, x, ks, **fit_kwargs) -> BICSelection:
     ks = np.asarray(list(ks), dtype=int)
     if ks.ndim != 1 or ks.size == 0:
         raise ValueError(f"ks must be a non-empty sequence of ints; got {ks!r}")
-    bic_kwargs = {"covariance_type": fit_kwargs.get("covariance_type", "full")}
+    bic_kwargs = {
+        "covariance_type": fit_kwargs.get("covariance_type", "full"),
+        "sample_weight": fit_kwargs.get("sample_weight"),
+        "chunk_size": fit_kwargs.get("chunk_size"),
+    }
     results, bics = [], []
     for k in ks:
         res = fit(key, x, int(k), **fit_kwargs)

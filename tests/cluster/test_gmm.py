@@ -408,12 +408,60 @@ def test_fit_under_jit_and_vmap_over_keys():
     chex.assert_trees_all_close(jitted.params.means, eager.params.means, rtol=1e-5, atol=1e-5)
 
 
-def test_select_k_by_bic_finds_three_blobs(x64):
+def test_select_k_by_bic_finds_three_blobs_and_uses_sample_weight(x64):
+    """Three blobs of weight 1 and a fourth, far away, of weight 0: the choice is 3, and the
+    BIC is scikit-learn's on the weighted points alone (the BIC used to ignore the weights)."""
     x = blobs(n_per=80, d=2, spread=10.0)
-    sel = gmm.select_k_by_bic(jax.random.key(0), x, [2, 3, 4], init="random_from_data", n_init=4)
+    far = np.random.default_rng(9).normal(size=(30, 2)) + 200.0
+    w = np.concatenate([np.ones(len(x)), np.zeros(30)])
+    sel = gmm.select_k_by_bic(
+        jax.random.key(0), np.concatenate([x, far]), [2, 3, 4], init="random_from_data",
+        n_init=4, sample_weight=w,
+    )  # fmt: skip
     assert sel.best_k == 3
     sk = sk_with_params(sel.best.params, "full")
     assert rel_err(sel.bic[1], sk.bic(x)) < 1e-10
+
+
+def test_bic_aic_with_integer_weights_equal_repeated_points(x64):
+    x = blobs(n_per=20)
+    counts = np.random.default_rng(5).integers(0, 4, size=len(x))
+    counts[0] = 1
+    params = jax.tree.map(jnp.asarray, start_params(x, 3, "diag")[0])
+    sk = sk_with_params(params, "diag")
+    x_rep = np.repeat(x, counts, axis=0)
+    kw = {"covariance_type": "diag", "sample_weight": counts}
+    assert rel_err(gmm.bic(x, params, **kw), sk.bic(x_rep)) < 1e-10
+    assert rel_err(gmm.aic(x, params, **kw), sk.aic(x_rep)) < 1e-10
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_zero_weight_points_drop_out_of_score_bic_aic(covariance_type):
+    """A point of weight 0 whose ``log p(x_n)`` is -inf (float32 overflow) is left out of
+    ``score``, ``bic`` and ``aic`` as ``e_step`` leaves it out (it used to give NaN)."""
+    x = blobs(n_per=20, dtype=np.float32)
+    params = jax.tree.map(
+        lambda a: jnp.asarray(a, jnp.float32), start_params(x, 3, covariance_type)[0]
+    )
+    x_far = np.concatenate([x, np.full((1, 3), 1e20, np.float32)])
+    w = np.concatenate([np.ones(len(x), np.float32), [0.0]]).astype(np.float32)
+    kw = {"covariance_type": covariance_type}
+    assert float(gmm.score_samples(x_far, params, **kw)[-1]) == -np.inf
+    with jax.enable_x64(True):  # a float64 reference on the weighted points alone
+        sk = sk_with_params(
+            jax.tree.map(lambda a: np.asarray(a, np.float64), params), covariance_type
+        )
+    x64_ = x.astype(np.float64)
+    score = gmm.score(x_far, params, sample_weight=w, **kw)
+    assert np.isfinite(float(score)) and rel_err(score, sk.score(x64_)) < 1e-5
+    ll, _ = gmm.e_step(x_far, params, sample_weight=w, **kw)
+    for got, ref in (
+        (ll, sk.score(x64_)),
+        (gmm.bic(x_far, params, sample_weight=w, **kw), sk.bic(x64_)),
+        (gmm.aic(x_far, params, sample_weight=w, **kw), sk.aic(x64_)),
+    ):
+        assert np.isfinite(float(got))
+        assert rel_err(got, ref) < 1e-5
 
 
 def test_min_variance_floors_diagonal():
