@@ -12,6 +12,8 @@ import pytest
 from absl.testing import parameterized
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
@@ -283,6 +285,42 @@ def test_em_never_decreases_log_likelihood(centres, log_scale, seed, covariance_
         assert float(res.log_likelihood) >= trace[-1] - 1e-9 * abs(trace[-1])
 
 
+def _dense_covariances(cov, covariance_type, k, d):
+    cov = np.asarray(cov)
+    return {
+        "full": lambda: cov,
+        "tied": lambda: np.stack([cov] * k),
+        "diag": lambda: np.stack([np.diag(c) for c in cov]),
+        "spherical": lambda: cov[:, None, None] * np.eye(d)[None],
+    }[covariance_type]()
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    log_scale=st.floats(-3.0, 3.0),
+    covariance_type=st.sampled_from(COV_TYPES),
+)
+def test_score_samples_matches_scipy_for_random_parameters(seed, log_scale, covariance_type):
+    """Every covariance type's entry of the table, through the public kernel, against scipy's
+    dense multivariate normal (fixed shapes: [25, 3] data, k = 4, so nothing recompiles)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(25, 3)) * np.exp(log_scale)
+        params, _ = start_params(x, 4, covariance_type, seed=seed)
+        covs = _dense_covariances(params.covariances, covariance_type, 4, 3)
+        ref = logsumexp(
+            [
+                np.log(params.weights[j]) + multivariate_normal(params.means[j], covs[j]).logpdf(x)
+                for j in range(4)
+            ],
+            axis=0,
+        )
+        got = gmm.score_samples(x, params, covariance_type=covariance_type)
+        chex.assert_shape(got, (25,))
+        assert rel_err(got, ref) < 1e-9
+
+
 def _expected_complete_ll(x, log_resp, weights, means, covs):
     """Q = sum_n sum_k r_nk [log pi_k + log N(x_n | mu_k, Sigma_k)], Sigma a general matrix."""
     d = x.shape[1]
@@ -485,15 +523,7 @@ def test_sample_moments(covariance_type):
     assert xs.shape == (60_000, 3) and z.shape == (60_000,)
     freq = np.bincount(np.asarray(z), minlength=3) / len(z)
     np.testing.assert_allclose(freq, params.weights, atol=0.01)
-    cov = np.asarray(params.covariances)
-    if covariance_type == "full":
-        full = cov
-    elif covariance_type == "tied":
-        full = np.stack([cov] * 3)
-    elif covariance_type == "diag":
-        full = np.stack([np.diag(c) for c in cov])
-    else:
-        full = cov[:, None, None] * np.eye(3)[None]
+    full = _dense_covariances(params.covariances, covariance_type, 3, 3)
     for j in range(3):
         pts = np.asarray(xs)[np.asarray(z) == j]
         sd = np.sqrt(np.diag(full[j]))
