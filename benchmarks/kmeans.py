@@ -56,7 +56,7 @@ def _best_time(fn, repeats):
 def matmul_flops(n, d, k):
     """Matmul flops of one of our Lloyd iterations: the distance matmul, plus the one-hot
     matmul of the cluster sums for wide rows (narrow rows use a scatter-add)."""
-    return 2 * n * d * k * (2 if d >= kmeans._SCATTER_MAX_D else 1)
+    return 2 * n * d * k * (2 if d >= kmeans.SCATTER_MAX_D else 1)
 
 
 def run_case(name, n, d, k, iters, n_init, repeats, peak=None):

@@ -25,6 +25,7 @@ __all__ = [
     "check_chunk_size",
     "check_finite",
     "check_int",
+    "check_matrix",
     "check_positive_int",
     "check_sample_weight",
     "check_scalar",
@@ -74,6 +75,22 @@ def check_finite(value: Any, name: str) -> None:
     """Raises if a concrete array holds NaN or inf (tracers pass)."""
     if is_concrete(value) and not bool(np.all(np.isfinite(np.asarray(value)))):
         raise ValueError(f"{name} contains NaN or inf; allowed: finite values only")
+
+
+def check_matrix(x: Any, name: str = "x") -> jax.Array:
+    """A data matrix ``[n, d]`` with ``n, d >= 1`` and finite entries (when concrete), as a JAX
+    array; integer or bool input is cast to the default float type."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, d]; got shape {tuple(x.shape)}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(
+            f"{name} must have at least one row and one column; got shape {tuple(x.shape)}"
+        )
+    check_finite(x, name)
+    return x
 
 
 def check_scalar(

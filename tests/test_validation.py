@@ -33,6 +33,19 @@ def test_chunk_size():
             v.check_chunk_size(bad, 128)
 
 
+def test_matrix():
+    x = v.check_matrix(np.arange(6).reshape(3, 2), "x")
+    assert x.shape == (3, 2) and jnp.issubdtype(x.dtype, jnp.floating)
+    for bad, match in (
+        (np.zeros(4), "x must be 2-D"),
+        (np.zeros((0, 2)), "at least one row"),
+        (np.array([[1.0, np.nan]]), "x contains NaN"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            v.check_matrix(bad, "x")
+    jax.jit(lambda a: v.check_matrix(a, "x"))(jnp.array([[np.nan]]))  # traced: no value check
+
+
 def test_finite_skips_tracers_and_refuses_nan():
     v.check_finite(np.ones(3), "x")
     with pytest.raises(ValueError, match="x contains NaN or inf"):

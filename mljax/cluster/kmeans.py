@@ -36,10 +36,23 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
+from mljax import validation
 from mljax.cluster._chunks import fold_chunks, put_rows
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "CHUNK_X_ELEMENTS",
+    "INITS",
+    "SCATTER_MAX_D",
+    "KMeansResult",
+    "auto_chunk_size",
+    "fit",
+    "kmeans_plusplus",
+    "predict",
+    "transform",
+]
 
 INITS = ("k-means++", "random")
 CHUNK_ELEMENTS = 1 << 22
@@ -63,12 +76,10 @@ def auto_chunk_size(n: int, k: int, d: int = 1) -> int:
     return int(max(1, -(-n // n_chunks)))
 
 
-def _check_chunk(chunk_size, n, k, d=1):
-    if chunk_size is None:
-        return auto_chunk_size(n, k, d)
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be None or an int >= 1; got {chunk_size!r}")
-    return int(chunk_size)
+SCATTER_MAX_D = 128
+"""Rows narrower than this many features sum their clusters with a scatter-add (``c·d`` work),
+wider ones with a one-hot matmul (``2·k·c·d`` flops), whichever measured faster on CPU: the
+scatter was 3x faster at 200k×32, K=32, and 2.5x slower at 60k×784, K=10."""
 
 
 class KMeansResult(NamedTuple):
@@ -92,52 +103,39 @@ class KMeansResult(NamedTuple):
 
 class _LloydState(NamedTuple):
     centroids: jax.Array  # [k, d]
-    labels: jax.Array  # [n_pad] labels from the previous assignment step
+    labels: jax.Array  # [n] labels from the previous assignment step
     n_iter: jax.Array
     done: jax.Array
+
+
+class _LloydConst(NamedTuple):
+    """Loop-invariant inputs of the Lloyd iterations (ott-jax's ``KMeansConst``)."""
+
+    x: jax.Array  # [n, d] data, read in place chunk by chunk
+    w: jax.Array  # [n] sample weights
+    mean: jax.Array  # [d] subtracted from each chunk as it is read; centroids are centred on it
+    tol_abs: jax.Array  # [] stop when sum_j ||c_j^new - c_j^old||² <= tol_abs
 
 
 # ----------------------------------------------------------------------------- validation
 
 
-def _is_concrete(a) -> bool:
-    return not isinstance(a, jax.core.Tracer)
+def _check_k(k, n: int) -> int:
+    k = validation.check_int(k, "k")
+    if k < 1 or k > n:
+        raise ValueError(f"k must satisfy 1 <= k <= n = {n}; got k = {k}")
+    return k
 
 
 def _validate(x, k, init, n_init, max_iter, tol, sample_weight):
     """Checks arguments before tracing; returns ``(x, sample_weight, init_array_or_None)``."""
-    x = jnp.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D [n, d]; got shape {tuple(x.shape)}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
+    x = validation.check_matrix(x, "x")
     n, d = x.shape
-    if n < 1 or d < 1:
-        raise ValueError(f"x must have at least one row and one column; got shape {(n, d)}")
-    if _is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
-        raise ValueError("x contains NaN or inf; allowed: finite values only")
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
-        raise ValueError(f"k must be a Python int (a static size); got {k!r}")
-    if k < 1 or k > n:
-        raise ValueError(f"k must satisfy 1 <= k <= n = {n}; got k = {k}")
-    if not isinstance(n_init, (int, np.integer)) or n_init < 1:
-        raise ValueError(f"n_init must be an int >= 1; got {n_init!r}")
-    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1; got {max_iter!r}")
-    if _is_concrete(tol) and not (np.isfinite(tol) and float(tol) >= 0):
-        raise ValueError(f"tol must be a finite number >= 0; got {tol!r}")
-    if sample_weight is None:
-        w = jnp.ones((n,), x.dtype)
-    else:
-        w = jnp.asarray(sample_weight, x.dtype)
-        if w.shape != (n,):
-            raise ValueError(f"sample_weight must have shape (n,) = ({n},); got {tuple(w.shape)}")
-        if _is_concrete(w):
-            wn = np.asarray(w)
-            if not np.all(np.isfinite(wn)) or np.any(wn < 0):
-                raise ValueError("sample_weight must be finite and >= 0")
-            if not np.any(wn > 0):
-                raise ValueError("sample_weight must have at least one positive entry")
+    _check_k(k, n)
+    validation.check_positive_int(n_init, "n_init")
+    validation.check_positive_int(max_iter, "max_iter")
+    validation.check_scalar(tol, "tol", minimum=0.0)
+    w = validation.check_sample_weight(sample_weight, n, x.dtype)
     init_array = None
     if isinstance(init, str):
         if init not in INITS:
@@ -150,8 +148,7 @@ def _validate(x, k, init, n_init, max_iter, tol, sample_weight):
             raise ValueError(
                 f"init centroids must have shape (k, d) = ({k}, {d}); got {tuple(init_array.shape)}"
             )
-        if _is_concrete(init_array) and not bool(np.all(np.isfinite(np.asarray(init_array)))):
-            raise ValueError("init centroids contain NaN or inf; allowed: finite values only")
+        validation.check_finite(init_array, "init centroids")
     return x, w, init_array
 
 
@@ -162,9 +159,6 @@ def _sq_dist(xc, xx, centroids, cc):
     """``[c, k]`` squared distances by the matmul expansion, clipped at 0 (rounding)."""
     d2 = xx[:, None] - 2.0 * (xc @ centroids.T) + cc[None, :]
     return jnp.maximum(d2, 0.0)
-
-
-_SCATTER_MAX_D = 128  # measured crossover between scatter-add and one-hot matmul sums
 
 
 def _first_argmin(d2):
@@ -196,12 +190,9 @@ def _assign(x, w, mean, centroids, c, *, with_sums):
         d2 = _sq_dist(xc, xx, centroids, cc)
         lab, m = _first_argmin(d2)
         if with_sums:
-            if d < _SCATTER_MAX_D:
-                # Narrow rows: a scatter-add (c·d work) beat the one-hot matmul (2·k·c·d
-                # flops) 3x on CPU at 200k×32, K=32.
+            if d < SCATTER_MAX_D:
                 s_new = jax.ops.segment_sum(xc * wc[:, None], lab, num_segments=k)
             else:
-                # Wide rows: the scatter ran 2.5x slower than the matmul at 60k×784, K=10.
                 oh = lab[None, :] == jnp.arange(k, dtype=jnp.int32)[:, None]
                 s_new = (oh * wc[None, :]).astype(xc.dtype) @ xc
             sums = sums + s_new
@@ -294,68 +285,76 @@ def _random_init(key, x, w, k):
 # ----------------------------------------------------------------------------- Lloyd
 
 
-def _lloyd(x, w, mean, centroids0, tol_abs, max_iter, c):
-    """Lloyd iterations from ``centroids0`` (centred on ``mean``) on ``x`` read in place in
-    chunks of ``c`` rows; returns a :class:`KMeansResult` with centred centroids."""
-    n = x.shape[0]
-    k = centroids0.shape[0]
+def _lloyd_iteration(const: _LloydConst, s: _LloydState, *, c: int) -> _LloydState:
+    """One Lloyd iteration (the ``lax.while_loop`` body): assignment pass with cluster sums,
+    relocation of empty clusters, centroid update, stopping test."""
+    x, w, mean = const.x, const.w, const.mean
+    k = s.centroids.shape[0]
+    labels, mind, sums, weights = _assign(x, w, mean, s.centroids, c, with_sums=True)
+    # Empty clusters take the points farthest from their own centre (scikit-learn's rule):
+    # the j-th empty cluster gets the j-th farthest point, whose weighted contribution is
+    # moved out of the cluster it was assigned to.
+    empty = weights == 0
+
+    def relocate(args):
+        sums, weights = args
+        # Only points that carry weight can fill a cluster.
+        far_d = jnp.where(w > 0, mind, -jnp.inf)
+        _, far = lax.top_k(far_d, k)  # [k] farthest points, descending
+        rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)  # rank among the empty clusters
+        p = far[rank]  # [k] the point each cluster would take if it is empty
+        # When every point sits on its centre, moving one is pointless (as scikit-learn).
+        move = jnp.logical_and(empty, jnp.max(far_d) > 0)
+        moved_w = jnp.where(move, w[p], 0.0)
+        moved_x = (x[p] - mean[None]) * moved_w[:, None]
+        # A moved point leaves its previous cluster, which is never an empty one.
+        out_x = jax.ops.segment_sum(moved_x, labels[p], num_segments=k)
+        out_w = jax.ops.segment_sum(moved_w, labels[p], num_segments=k)
+        return (
+            jnp.where(move[:, None], moved_x, sums - out_x),
+            jnp.where(move, moved_w, weights - out_w),
+        )
+
+    # The top-k over all n points is skipped in the usual case of no empty cluster.
+    sums, weights = lax.cond(jnp.any(empty), relocate, lambda a: a, (sums, weights))
+    safe = jnp.where(weights > 0, weights, 1.0)
+    new = jnp.where((weights > 0)[:, None], sums / safe[:, None], s.centroids)
+    shift = jnp.sum((new - s.centroids) ** 2)
+    strict = jnp.all(labels == s.labels)
+    done = jnp.logical_or(strict, shift <= const.tol_abs)
+    return _LloydState(new, labels, s.n_iter + 1, done)
+
+
+def _lloyd(const: _LloydConst, centroids0, *, max_iter: int, c: int) -> KMeansResult:
+    """Lloyd iterations from ``centroids0`` (centred on ``const.mean``) on ``const.x`` read in
+    place in chunks of ``c`` rows; returns a :class:`KMeansResult` with centred centroids."""
+    n = const.x.shape[0]
 
     def cond(s: _LloydState):
         return jnp.logical_and(s.n_iter < max_iter, jnp.logical_not(s.done))
 
     def body(s: _LloydState):
-        labels, mind, sums, weights = _assign(x, w, mean, s.centroids, c, with_sums=True)
-        # Empty clusters take the points farthest from their own centre (scikit-learn's rule):
-        # the j-th empty cluster gets the j-th farthest point, whose weighted contribution is
-        # moved out of the cluster it was assigned to.
-        empty = weights == 0
-
-        def relocate(args):
-            sums, weights = args
-            # Only points that carry weight can fill a cluster.
-            far_d = jnp.where(w > 0, mind, -jnp.inf)
-            _, far = lax.top_k(far_d, k)  # [k] farthest points, descending
-            rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)  # rank among the empty clusters
-            p = far[rank]  # [k] the point each cluster would take if it is empty
-            # When every point sits on its centre, moving one is pointless (as scikit-learn).
-            move = jnp.logical_and(empty, jnp.max(far_d) > 0)
-            moved_w = jnp.where(move, w[p], 0.0)
-            moved_x = (x[p] - mean[None]) * moved_w[:, None]
-            # A moved point leaves its previous cluster, which is never an empty one.
-            out_x = jax.ops.segment_sum(moved_x, labels[p], num_segments=k)
-            out_w = jax.ops.segment_sum(moved_w, labels[p], num_segments=k)
-            return (
-                jnp.where(move[:, None], moved_x, sums - out_x),
-                jnp.where(move, moved_w, weights - out_w),
-            )
-
-        # The top-k over all n points is skipped in the usual case of no empty cluster.
-        sums, weights = lax.cond(jnp.any(empty), relocate, lambda a: a, (sums, weights))
-        safe = jnp.where(weights > 0, weights, 1.0)
-        new = jnp.where((weights > 0)[:, None], sums / safe[:, None], s.centroids)
-        shift = jnp.sum((new - s.centroids) ** 2)
-        strict = jnp.all(labels == s.labels)
-        done = jnp.logical_or(strict, shift <= tol_abs)
-        return _LloydState(new, labels, s.n_iter + 1, done)
+        return _lloyd_iteration(const, s, c=c)
 
     init = _LloydState(
         centroids0, jnp.full((n,), -1, jnp.int32), jnp.zeros((), jnp.int32), jnp.array(False)
     )
     s = lax.while_loop(cond, body, init)
     # A final assignment so that labels match the returned centroids.
-    labels, inertia = _assign_inertia(x, w, mean, s.centroids, c)
+    labels, inertia = _assign_inertia(const.x, const.w, const.mean, s.centroids, c)
     return KMeansResult(s.centroids, labels, inertia, s.n_iter, s.done)
 
 
-def _fit_one(key, x, w, mean, tol_abs, init_array, *, k, init, max_iter, c):
-    """One k-means run, centroids centred on ``mean`` (the unit vmapped over restarts)."""
+def _fit_one(key, const: _LloydConst, init_array, *, k, init, max_iter, c):
+    """One k-means run, centroids centred on ``const.mean`` (the unit vmapped over restarts)."""
+    x, w, mean = const.x, const.w, const.mean
     if init_array is not None:
         c0 = init_array
     elif init == "k-means++":
         c0 = x[_kmeans_plusplus(key, x, w, k, mean, c)] - mean[None]
     else:
         c0 = _random_init(key, x, w, k) - mean[None]
-    return _lloyd(x, w, mean, c0, tol_abs, max_iter, c)
+    return _lloyd(const, c0, max_iter=max_iter, c=c)
 
 
 def _fit_impl(key, x, w, tol, init_array, *, k, init, n_init, max_iter, chunk_size):
@@ -363,14 +362,12 @@ def _fit_impl(key, x, w, tol, init_array, *, k, init, n_init, max_iter, chunk_si
     mean = jnp.mean(x, axis=0)
     c = min(chunk_size, x.shape[0])
     # scikit-learn's `_tolerance`: tol scaled by the mean per-feature variance (unweighted).
-    tol_abs = tol * jnp.mean(jnp.var(x, axis=0))
+    const = _LloydConst(x, w, mean, tol * jnp.mean(jnp.var(x, axis=0)))
     if init_array is not None:
         init_array = init_array - mean[None]
 
     def one(key):
-        return _fit_one(
-            key, x, w, mean, tol_abs, init_array, k=k, init=init, max_iter=max_iter, c=c
-        )
+        return _fit_one(key, const, init_array, k=k, init=init, max_iter=max_iter, c=c)
 
     if n_init == 1:
         res = one(key)
@@ -421,7 +418,7 @@ def fit(
             ``sample_weight``, an unknown ``init`` or centroids of the wrong shape.
     """
     x, w, init_array = _validate(x, k, init, n_init, max_iter, tol, sample_weight)
-    chunk_size = _check_chunk(chunk_size, x.shape[0], k, x.shape[1])
+    chunk_size = validation.check_chunk_size(chunk_size, auto_chunk_size(x.shape[0], k, x.shape[1]))
     if init_array is not None:
         n_init = 1
     return _fit_jit(
@@ -447,8 +444,7 @@ def _check_predict_args(x, centroids):
         raise ValueError(
             f"centroids must have shape (k, d) with d = {x.shape[1]}; got {tuple(centroids.shape)}"
         )
-    if _is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
-        raise ValueError("x contains NaN or inf; allowed: finite values only")
+    validation.check_finite(x, "x")
     dtype = jnp.result_type(x.dtype, centroids.dtype, float)
     return x.astype(dtype), centroids.astype(dtype)
 
@@ -474,7 +470,9 @@ def predict(x, centroids, *, chunk_size: int | None = None) -> jax.Array:
         ``[n]`` int32 labels.
     """
     x, centroids = _check_predict_args(x, centroids)
-    chunk = _check_chunk(chunk_size, x.shape[0], centroids.shape[0], x.shape[1])
+    chunk = validation.check_chunk_size(
+        chunk_size, auto_chunk_size(x.shape[0], centroids.shape[0], x.shape[1])
+    )
     return _predict(x, centroids, chunk)
 
 

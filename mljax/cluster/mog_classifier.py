@@ -24,7 +24,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mljax import validation
 from mljax.cluster import gmm
+
+__all__ = [
+    "MoGClassifier",
+    "class_blocks",
+    "error_rate",
+    "fit",
+    "joint_log_likelihood",
+    "predict",
+    "predict_log_proba",
+    "predict_proba",
+    "score",
+]
 
 
 class MoGClassifier(NamedTuple):
@@ -55,8 +68,7 @@ def _check_labels(y, n, n_classes):
         raise ValueError(f"y must have shape (n,) = ({n},); got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"y must hold integer class labels; got dtype {y.dtype}")
-    if not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
-        raise ValueError(f"n_classes must be an int >= 1; got {n_classes!r}")
+    n_classes = validation.check_positive_int(n_classes, "n_classes")
     if y.min() < 0 or y.max() >= n_classes:
         raise ValueError(
             f"y must be in [0, n_classes) = [0, {n_classes}); got range [{y.min()}, {y.max()}]"
@@ -128,7 +140,7 @@ def fit(
             range, a class without rows, ``k`` above the smallest class size, or a non-string
             ``init``.
     """
-    x = gmm._check_x(x)
+    x = validation.check_matrix(x, "x")
     n = x.shape[0]
     y = _check_labels(y, n, n_classes)
     counts = np.bincount(y, minlength=n_classes)
@@ -143,7 +155,7 @@ def fit(
         )
     blocks, weights = class_blocks(np.asarray(x), y, n_classes)
     # gmm.fit validates again, but under vmap; check the static choices here, before tracing.
-    gmm._check_covariance_type(covariance_type)
+    gmm.check_covariance_type(covariance_type)
     if init not in gmm.INITS:
         raise ValueError(f"init must be one of {gmm.INITS}; got {init!r}")
 

@@ -1,9 +1,11 @@
 """Tests of mljax.cluster.kmeans against scikit-learn's KMeans (Lloyd) and closed forms."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from sklearn.cluster import KMeans
 from sklearn.cluster import kmeans_plusplus as sk_kmeans_plusplus
 from sklearn.datasets import make_blobs
@@ -209,8 +211,9 @@ DEGENERATE_RUNS = [(*c, "k-means++") for c in DEGENERATE] + [
 )
 def test_degenerate_inputs_are_finite(name, x, k, init):
     r = kmeans.fit(jax.random.key(0), x.astype(np.float32), k, init=init)
-    assert np.all(np.isfinite(np.asarray(r.centroids)))
-    assert np.isfinite(float(r.inertia)) and float(r.inertia) >= 0
+    chex.assert_shape([r.centroids, r.labels], [(k, x.shape[1]), (x.shape[0],)])
+    chex.assert_tree_all_finite((r.centroids, r.inertia))
+    assert float(r.inertia) >= 0
     labels = np.asarray(r.labels)
     assert labels.min() >= 0 and labels.max() < k
     if name in ("all_duplicates", "k_equals_n", "fewer_distinct_than_k"):
@@ -231,12 +234,44 @@ def test_float32_agrees_with_float64():
 # --------------------------------------------------------------------------- jit / vmap
 
 
-def test_fit_under_jit_matches_eager(x64):
-    x, _ = _blobs(300, 2, 3, 1.0, seed=1)
-    eager = kmeans.fit(jax.random.key(2), x, 3)
-    jitted = jax.jit(lambda key, x: kmeans.fit(key, x, 3))(jax.random.key(2), x)
-    for a, b in zip(eager, jitted, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b))
+class JitVariantsTest(chex.TestCase):
+    """``fit``, ``predict`` and ``transform`` with and without an outer jit (chex variants)
+    against scikit-learn and closed forms."""
+
+    def setUp(self):
+        super().setUp()
+        self.enter_context(jax.enable_x64(True))
+        self.enter_context(jax.numpy_rank_promotion("raise"))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(("kmeans++", "k-means++"), ("given_centroids", "array"))
+    def test_fit_matches_sklearn(self, init):
+        x, _ = _blobs(300, 2, 3, 1.0, seed=1)
+        rows = np.array([0, 100, 200])
+        c0 = x[rows]
+        fit = self.variant(
+            lambda key, x: kmeans.fit(key, x, 3, init=x[rows] if init == "array" else init)
+        )
+        res = fit(jax.random.key(2), x)
+        chex.assert_shape([res.centroids, res.labels], [(3, 2), (300,)])
+        if init == "array":
+            sk = KMeans(3, init=c0, n_init=1, algorithm="lloyd").fit(x)
+        else:  # the same seeds as the outer-jit-free call, then scikit-learn's Lloyd from them
+            seeds = kmeans.kmeans_plusplus(jax.random.key(2), x, 3)
+            sk = KMeans(3, init=np.asarray(seeds), n_init=1, algorithm="lloyd").fit(x)
+        chex.assert_trees_all_close(res.centroids, sk.cluster_centers_, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(res.labels), sk.labels_)
+        np.testing.assert_allclose(float(res.inertia), sk.inertia_, rtol=1e-9)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_predict_transform(self):
+        x, _ = _blobs(100, 3, 3, 1.0, seed=2)
+        c = x[:4]
+        ref_d = np.sqrt(((x[:, None] - c[None]) ** 2).sum(-1))
+        lab = self.variant(kmeans.predict)(x, c)
+        dist = self.variant(kmeans.transform)(x, c)
+        np.testing.assert_array_equal(np.asarray(lab), ref_d.argmin(1))
+        chex.assert_trees_all_close(dist, ref_d, rtol=1e-9, atol=1e-9)
 
 
 def test_fit_under_vmap_over_keys_and_datasets(x64):
@@ -264,22 +299,36 @@ def test_tol_is_traceable_and_vmappable(x64):
         assert int(batched.n_iter[i]) == sk.n_iter_
 
 
-@pytest.mark.parametrize("mode", ["eager", "jit", "vmap"])
-def test_predict_transform_modes(x64, mode):
+def test_predict_transform_under_vmap(x64):
     x, _ = _blobs(100, 3, 3, 1.0, seed=2)
-    c = x[:4]
-    ref_d = np.sqrt(((x[:, None] - c[None]) ** 2).sum(-1))
-    if mode == "eager":
-        lab, dist = kmeans.predict(x, c), kmeans.transform(x, c)
-    elif mode == "jit":
-        lab = jax.jit(kmeans.predict)(x, c)
-        dist = jax.jit(kmeans.transform)(x, c)
-    else:
-        cs = np.stack([c, c + 0.5])
-        lab = jax.vmap(kmeans.predict, in_axes=(None, 0))(x, cs)[0]
-        dist = jax.vmap(kmeans.transform, in_axes=(None, 0))(x, cs)[0]
-    np.testing.assert_array_equal(np.asarray(lab), ref_d.argmin(1))
-    np.testing.assert_allclose(np.asarray(dist), ref_d, rtol=1e-9, atol=1e-9)
+    cs = np.stack([x[:4], x[:4] + 0.5])
+    labs = jax.vmap(kmeans.predict, in_axes=(None, 0))(x, cs)
+    dists = jax.vmap(kmeans.transform, in_axes=(None, 0))(x, cs)
+    for i, c in enumerate(cs):
+        ref_d = np.sqrt(((x[:, None] - c[None]) ** 2).sum(-1))
+        np.testing.assert_array_equal(np.asarray(labs[i]), ref_d.argmin(1))
+        chex.assert_trees_all_close(dists[i], ref_d, rtol=1e-9, atol=1e-9)
+
+
+def test_lloyd_iteration_is_traced_once_per_compiled_fit(monkeypatch):
+    """One trace of the Lloyd iteration serves every iteration, every vmapped restart and
+    later calls with other keys, tolerances and weights."""
+    traces = []
+    iteration = kmeans._lloyd_iteration
+
+    def counted(*args, **kwargs):
+        traces.append(1)
+        return iteration(*args, **kwargs)
+
+    monkeypatch.setattr(kmeans, "_lloyd_iteration", chex.assert_max_traces(counted, n=1))
+    x, _ = _blobs(233, 2, 6, 3.0, seed=4)  # a shape no other test compiles
+    x = x.astype(np.float32)
+    runs = [
+        kmeans.fit(jax.random.key(s), x, 5, n_init=3, tol=tol, sample_weight=w)
+        for s, tol, w in ((0, 0.0, None), (1, 1e-2, np.full(233, 2.0, np.float32)))
+    ]
+    assert len(traces) == 1
+    assert int(runs[0].n_iter) > 1  # the body ran more than once on that one trace
 
 
 # --------------------------------------------------------------------------- bad input
