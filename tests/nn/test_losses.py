@@ -37,7 +37,9 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits():
 
 
 @pytest.mark.parametrize(
-    "fn,divisor", [(losses.squared_error, 1.0), (losses.mean_squared_error, 6.0)], ids=str
+    "fn,divisor",
+    [(losses.squared_error, 1.0), (losses.mean_squared_error, 6.0)],
+    ids=["sum", "mean"],
 )
 def test_squared_error_closed_form(fn, divisor):
     """squared_error is the batch sum ½ Σ (z - t)²; mean_squared_error its batch mean."""
@@ -71,7 +73,7 @@ PARAMS = {
 
 
 @pytest.mark.parametrize(
-    "penalty,factor", [(losses.l2_penalty, 0.5), (losses.reg_penalty, 1.0)], ids=str
+    "penalty,factor", [(losses.l2_penalty, 0.5), (losses.reg_penalty, 1.0)], ids=["l2", "reg"]
 )
 def test_l2_has_a_half_reg_has_none_and_both_skip_biases(penalty, factor):
     """l2 = (λ/2)‖W‖² with gradient λW; reg = λ‖W‖² (seed 001) with gradient 2λW."""
