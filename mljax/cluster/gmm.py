@@ -71,6 +71,7 @@ from jax import lax
 
 from mljax import validation
 from mljax.cluster import kmeans
+from mljax.cluster._checks import check_data, check_no_overflow, check_real
 from mljax.cluster._chunks import fold_chunks, put_rows
 
 __all__ = [
@@ -645,13 +646,71 @@ def _check_params(params, ops: _CovOps, k, d, dtype, name="init"):
     return GMMParams(weights / jnp.sum(weights), means, cov, prec)
 
 
-def _kernel_args(x, params: GMMParams, covariance_type, chunk_size):
-    """The checks shared by the public kernels: ``(x, params with precisions, ops, chunk)``."""
-    x = validation.check_matrix(x, "x")
+def _check_kernel_params(params, covariance_type, d=None, dtype=None, name="params"):
+    """Validates the parameters given to a public kernel before tracing: shapes (``means``
+    ``[k, d]`` with ``d`` that of the data, ``weights`` ``[k]``, covariances of the type's
+    shape), and for concrete values: finite, weights ``>= 0`` with a positive sum, covariances
+    positive definite. Returns ``(params with precisions, cast to dtype, ops)``; float16 /
+    bfloat16 parameters are computed in float32 (LAPACK has no half-precision Cholesky)."""
+    if not isinstance(params, GMMParams):
+        if isinstance(params, tuple) and len(params) in (3, 4):
+            params = GMMParams(*params)
+        else:
+            raise ValueError(f"{name} must be a GMMParams; got {type(params).__name__}")
+    for field in ("weights", "means", "covariances"):
+        check_real(getattr(params, field), f"{name}.{field}")
+    if params.precisions_cholesky is not None:
+        check_real(params.precisions_cholesky, f"{name}.precisions_cholesky")
+    means = jnp.asarray(params.means)
+    if means.ndim != 2 or means.shape[0] < 1 or means.shape[1] < 1:
+        raise ValueError(
+            f"{name}.means must be 2-D [k, d] with k, d >= 1; got shape {tuple(means.shape)}"
+        )
+    k, dm = means.shape
+    if d is not None and dm != d:
+        raise ValueError(
+            f"{name}.means has d = {dm} features but x has d = {d}; allowed: the same d"
+        )
+    weights = jnp.asarray(params.weights)
+    if weights.shape != (k,):
+        raise ValueError(
+            f"{name}.weights must have shape (k,) = ({k},); got {tuple(weights.shape)}"
+        )
     ops = _ops_of(params, covariance_type)
+    if dtype is None:
+        dtype = jnp.result_type(means.dtype, float)
+    if jnp.finfo(dtype).bits < 32:
+        dtype = jnp.float32
+    cast = {
+        field: None
+        if getattr(params, field) is None
+        else jnp.asarray(getattr(params, field), dtype)
+        for field in GMMParams._fields
+    }
+    params = _with_precisions(GMMParams(**cast), ops)
+    for field in ("weights", "means", "covariances"):
+        validation.check_finite(getattr(params, field), f"{name}.{field}")
+    if validation.is_concrete(params.weights):
+        wn = np.asarray(params.weights)
+        if np.any(wn < 0) or not wn.sum() > 0:
+            raise ValueError(f"{name}.weights must be >= 0 with a positive sum; got {wn}")
+    prec = params.precisions_cholesky
+    if validation.is_concrete(prec) and not np.all(np.isfinite(np.asarray(prec))):
+        raise ValueError(
+            f"{name}.covariances must be positive definite (a finite precision Cholesky "
+            "factor); got a matrix that is not"
+        )
+    return params, ops
+
+
+def _kernel_args(x, params: GMMParams, covariance_type, chunk_size):
+    """The checks shared by the public kernels: ``(x, params with precisions, ops, chunk)``.
+    float16 / bfloat16 data are computed in float32."""
+    x = check_data(x, "x", min_float32=True)
     n, d = x.shape
+    params, ops = _check_kernel_params(params, covariance_type, d, x.dtype)
     chunk = validation.check_chunk_size(chunk_size, _auto_chunk(n, params.means.shape[0], d))
-    return x, _with_precisions(params, ops), ops, chunk
+    return x, params, ops, chunk
 
 
 # ----------------------------------------------------------------------------- public kernels
@@ -681,6 +740,15 @@ def e_step(x, params: GMMParams, *, covariance_type=None, sample_weight=None, ch
     Returns:
         ``(log_likelihood, log_resp)``: the weighted mean of ``log p(x_n)`` (scalar; points of
         weight 0 are left out even where ``log p(x_n) = -inf``) and ``log r_nk`` ``[n, k]``.
+
+    Raises:
+        ValueError: bad ``x``; ``params.means`` not ``[k, d]`` with the data's ``d``;
+            ``params.weights`` not ``[k]``, negative or summing to 0; NaN / inf parameters;
+            covariances that are not positive definite. The same checks guard
+            :func:`score_samples`, :func:`score`, :func:`predict_proba` and :func:`predict`.
+            Under ``jit`` (traced parameters) the value checks are skipped and such
+            parameters give NaN log-likelihoods. float16 / bfloat16 inputs are computed in
+            float32.
     """
     x, params, ops, chunk = _kernel_args(x, params, covariance_type, chunk_size)
     w = validation.check_sample_weight(sample_weight, x.shape[0], x.dtype)
@@ -710,15 +778,36 @@ def m_step(
         chunk_size: rows per chunk (static).
 
     Returns:
-        :class:`GMMParams` with covariances accumulated around the new means.
+        :class:`GMMParams` with covariances accumulated around the new means (float32 for
+        float16 / bfloat16 data).
+
+    Raises:
+        ValueError: bad ``x`` (not ``[n, d]``, complex, non-finite); ``log_resp`` not
+            ``[n, k]`` with ``k >= 1``, or holding NaN or ``+inf`` (``-inf``, a zero
+            responsibility, is allowed); ``reg_covar`` or ``min_variance`` not a finite
+            scalar ``>= 0``; bad ``sample_weight``. Under ``jit`` the value checks are
+            skipped: NaN log-responsibilities then give NaN parameters.
     """
-    x = validation.check_matrix(x, "x")
+    x = check_data(x, "x", min_float32=True)
     ops = _COVARIANCES[check_covariance_type(covariance_type)]
     n, d = x.shape
-    log_resp = jnp.asarray(log_resp, x.dtype)
-    if log_resp.ndim != 2 or log_resp.shape[0] != n:
-        raise ValueError(f"log_resp must have shape (n, k) with n={n}; got {log_resp.shape}")
+    log_resp = jnp.asarray(check_real(log_resp, "log_resp"), x.dtype)
+    if log_resp.ndim != 2 or log_resp.shape[0] != n or log_resp.shape[1] < 1:
+        raise ValueError(
+            f"log_resp must have shape (n, k) with n = {n} and k >= 1 components; "
+            f"got {tuple(log_resp.shape)}"
+        )
+    if validation.is_concrete(log_resp):
+        lr = np.asarray(log_resp)
+        if np.any(np.isnan(lr) | (lr == np.inf)):
+            raise ValueError(
+                "log_resp contains NaN or +inf; allowed: finite values or -inf (log 0)"
+            )
+    validation.check_scalar(reg_covar, "reg_covar", minimum=0.0)
+    validation.check_scalar(min_variance, "min_variance", minimum=0.0, allow_none=True)
     k = log_resp.shape[1]
+    if sample_weight is not None:
+        check_real(sample_weight, "sample_weight")
     w = validation.check_sample_weight(sample_weight, n, x.dtype)
     c = min(validation.check_chunk_size(chunk_size, _auto_chunk(n, k, d)), n)
     # Centre on the weighted data mean (exact shift, keeps float32 sums small).
@@ -771,10 +860,23 @@ def sample(key, params: GMMParams, n: int, *, covariance_type=None):
 
     Returns:
         ``(x [n, d], labels [n] int32)``: ``z ~ Cat(pi)``, ``x = mu_z + L_z eps`` with
-        ``Sigma_z = L_z L_zᵀ`` and ``eps ~ N(0, I)``.
+        ``Sigma_z = L_z L_zᵀ`` and ``eps ~ N(0, I)`` (float32 for float16 / bfloat16
+        parameters).
+
+    Raises:
+        ValueError: ``n`` not an int ``>= 0`` (bools and floats are refused); ``n`` so large
+            that the draws would need more than this machine's memory; parameters as in
+            :func:`e_step` (shapes, finite, weights ``>= 0`` with a positive sum, positive
+            definite covariances). Under ``jit`` (traced parameters) the value checks are
+            skipped and a non-positive-definite covariance gives NaN samples.
     """
-    ops = _ops_of(params, covariance_type)
+    n = validation.check_int(n, "n", minimum=0)
+    params, ops = _check_kernel_params(params, covariance_type)
     d = params.means.shape[1]
+    # eps [n, d], the output [n, d], the labels and the gathered means/noise factors.
+    validation.check_allocation(
+        n * (3 * d + 2), jnp.dtype(params.means.dtype).itemsize, f"sample with n = {n:,}"
+    )
     kz, ke = jax.random.split(key)
     z = jax.random.categorical(kz, jnp.log(params.weights), shape=(n,)).astype(jnp.int32)
     eps = jax.random.normal(ke, (n, d), params.means.dtype)
@@ -1034,7 +1136,9 @@ def fit(
 
     Args:
         key: PRNG key (initialisation; split over restarts).
-        x: ``[n, d]`` data (float32 by default; float64 under x64).
+        x: ``[n, d]`` real data (float32 by default; float64 under x64). float16 and bfloat16
+            data are computed in float32 (LAPACK has no half-precision Cholesky), and the
+            result is float32.
         k: number of components, ``1 <= k <= n`` (static).
         covariance_type: one of :data:`COVARIANCE_TYPES` (static).
         init: one of :data:`INITS`, or a :class:`GMMParams` of starting parameters.
@@ -1055,9 +1159,15 @@ def fit(
         ValueError: non-2-D or non-finite ``x``; ``k`` outside ``[1, n]``; bad
             ``sample_weight``; unknown ``covariance_type`` or ``init``; given parameters of the
             wrong shape; bad ``n_init``, ``max_iter``, ``tol``, ``reg_covar``,
-            ``min_variance``, ``rand_const`` or ``chunk_size``.
+            ``min_variance``, ``rand_const`` or ``chunk_size``; complex ``x`` or weights;
+            data (with weights) whose squared distances would overflow the dtype
+            (``4 · sum(w) · max ||x_n - mean||²`` above its largest finite value, e.g.
+            float32 data scaled by 1e30 or weights of 3e38): rescale them.
+
+    Under ``jit`` (traced ``x`` or weights) the value checks are skipped: non-finite or
+    overflowing data then give NaN parameters.
     """
-    x = validation.check_matrix(x, "x")
+    x = check_data(x, "x", min_float32=True)
     n, d = x.shape
     k = _check_k(k, n)
     ops = _COVARIANCES[check_covariance_type(covariance_type)]
@@ -1067,7 +1177,10 @@ def fit(
     validation.check_scalar(reg_covar, "reg_covar", minimum=0.0)
     validation.check_scalar(min_variance, "min_variance", minimum=0.0, allow_none=True)
     validation.check_scalar(rand_const, "rand_const", minimum=0.0, strict_minimum=True)
+    if sample_weight is not None:
+        check_real(sample_weight, "sample_weight")
     w = validation.check_sample_weight(sample_weight, n, x.dtype)
+    check_no_overflow(x, w, "gmm")
     chunk = validation.check_chunk_size(chunk_size, _auto_chunk(n, k, d))
     if isinstance(init, str):
         if init not in INITS:

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mljax import validation
+from mljax.cluster._checks import check_data, check_no_overflow, check_real
 from mljax.cluster._chunks import fold_chunks, put_rows
 
 __all__ = [
@@ -129,21 +130,26 @@ def _check_k(k, n: int) -> int:
 
 def _validate(x, k, init, n_init, max_iter, tol, sample_weight):
     """Checks arguments before tracing; returns ``(x, sample_weight, init_array_or_None)``."""
-    x = validation.check_matrix(x, "x")
+    x = check_data(x, "x")
     n, d = x.shape
     _check_k(k, n)
     validation.check_positive_int(n_init, "n_init")
     validation.check_positive_int(max_iter, "max_iter")
     validation.check_scalar(tol, "tol", minimum=0.0)
+    if sample_weight is not None:
+        check_real(sample_weight, "sample_weight")
     w = validation.check_sample_weight(sample_weight, n, x.dtype)
+    check_no_overflow(x, w, "kmeans")
     init_array = None
+    if init is None:
+        raise ValueError(f"init must be one of {INITS} or an array of centroids [k, d]; got None")
     if isinstance(init, str):
         if init not in INITS:
             raise ValueError(
                 f"init must be one of {INITS} or an array of centroids [k, d]; got {init!r}"
             )
     else:
-        init_array = jnp.asarray(init, x.dtype)
+        init_array = jnp.asarray(check_real(init, "init"), x.dtype)
         if init_array.shape != (k, d):
             raise ValueError(
                 f"init centroids must have shape (k, d) = ({k}, {d}); got {tuple(init_array.shape)}"
@@ -414,8 +420,16 @@ def fit(
         ``n_iter``, ``converged``.
 
     Raises:
-        ValueError: for a non-2-D or non-finite ``x``, ``k`` outside ``[1, n]``, a bad
-            ``sample_weight``, an unknown ``init`` or centroids of the wrong shape.
+        ValueError: for a non-2-D, complex or non-finite ``x``, ``k`` outside ``[1, n]``, a
+            bad ``sample_weight``, an unknown or ``None`` ``init``, centroids of the wrong
+            shape, a ``tol`` that is not a finite real scalar >= 0, or data (with weights)
+            whose squared distances would overflow the dtype (``4 · sum(w) · max ||x_n -
+            mean||²`` above its largest finite value, e.g. float32 data scaled by 1e20 or
+            weights of 3e38): rescale them, the clustering is scale-equivariant.
+
+    float16 / bfloat16 data are clustered in their own dtype. Under ``jit`` (traced ``x``,
+    ``sample_weight`` or ``tol``) the value checks are skipped: non-finite or overflowing data
+    then give NaN / inf centroids and inertia.
     """
     x, w, init_array = _validate(x, k, init, n_init, max_iter, tol, sample_weight)
     chunk_size = validation.check_chunk_size(chunk_size, auto_chunk_size(x.shape[0], k, x.shape[1]))
@@ -436,15 +450,14 @@ def fit(
 
 
 def _check_predict_args(x, centroids):
-    x = jnp.asarray(x)
-    centroids = jnp.asarray(centroids)
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D [n, d]; got shape {tuple(x.shape)}")
-    if centroids.ndim != 2 or centroids.shape[1] != x.shape[1]:
+    x = check_data(x, "x")
+    centroids = jnp.asarray(check_real(centroids, "centroids"))
+    if centroids.ndim != 2 or centroids.shape[1] != x.shape[1] or centroids.shape[0] < 1:
         raise ValueError(
-            f"centroids must have shape (k, d) with d = {x.shape[1]}; got {tuple(centroids.shape)}"
+            f"centroids must have shape (k, d) with k >= 1 and d = {x.shape[1]}; "
+            f"got {tuple(centroids.shape)}"
         )
-    validation.check_finite(x, "x")
+    validation.check_finite(centroids, "centroids")
     dtype = jnp.result_type(x.dtype, centroids.dtype, float)
     return x.astype(dtype), centroids.astype(dtype)
 
@@ -468,6 +481,12 @@ def predict(x, centroids, *, chunk_size: int | None = None) -> jax.Array:
 
     Returns:
         ``[n]`` int32 labels.
+
+    Raises:
+        ValueError: ``x`` not ``[n, d]`` with ``n, d >= 1``, complex or non-finite;
+            ``centroids`` not ``[k, d]`` with ``k >= 1``, complex or non-finite. Under ``jit``
+            the finiteness checks are skipped, and NaN in ``x`` or ``centroids`` gives undefined
+            labels (possibly the out-of-range label ``k``).
     """
     x, centroids = _check_predict_args(x, centroids)
     chunk = validation.check_chunk_size(
