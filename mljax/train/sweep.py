@@ -14,8 +14,9 @@ are separate calls of :func:`sweep`, looped outside; a bounded LRU cache
 compiled program when the same (task, config) comes back.
 
 Divergence isolation: vmap keeps members independent (no reduction crosses the member
-axis), and a member whose loss becomes NaN/inf is frozen and flagged by the step itself
-(``loop.make_step``), so every other member computes exactly what it would alone.
+axis), and a member whose loss becomes NaN/inf or explodes while finite (above
+``TrainConfig.divergence_factor`` times its own first step loss) is frozen and flagged by the
+step itself (``loop.make_step``), so every other member computes exactly what it would alone.
 
 Chunking: members go through in chunks of ``chunk_size`` (the last chunk is padded with
 copies of its first member, which are dropped), so memory is bounded by the chunk.
