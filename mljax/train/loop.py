@@ -205,8 +205,9 @@ class Task:
         uses_dropout_rate: whether ``apply`` / ``manual_grad`` read ``hparams.dropout_rate``
             (a traced rate a sweep can vmap over); if False a nonzero rate is refused.
         input_shape: one example's shape with a batch axis (e.g. ``(1, 784)``) the model is
-            built for, or None (not checked); :func:`check_inputs` refuses ``x_train`` /
-            ``x_val`` whose trailing shape differs, before anything is traced.
+            built for, or None; named in the error when :func:`check_inputs` finds that
+            ``apply`` cannot take ``x_train`` / ``x_val`` (tried on shapes only, before
+            training).
         integer_labels: the loss takes integer class labels (softmax cross-entropy):
             :func:`check_inputs` requires ``y_train`` / ``y_val`` of an integer dtype with
             values in ``[0, n_classes)``, ``n_classes`` the model output's last axis.
@@ -681,53 +682,63 @@ def check_inputs(task: Task, cfg: TrainConfig, data: Data, hp: Hyper | None = No
         )
     if cfg.grad_source == "manual" and task.manual_grad is None:
         raise ValueError("grad_source='manual' needs a task with manual_grad")
-    _check_features(task, data)
-    _check_labels(task, data)
+    _check_labels(task, data, _check_features(task, data))
     if hp is not None:
         check_hyper(hp)
         check_task_hyper(task, hp)
     return num_batches(n, cfg.batch_size, drop_remainder=cfg.drop_remainder)
 
 
-def _check_features(task: Task, data: Data) -> None:
-    """``x_train`` / ``x_val`` must have the example shape the task's model is built for."""
-    if task.input_shape is None:
-        return
-    expected = tuple(task.input_shape[1:])
-    for name in ("x_train", "x_val"):
-        x = getattr(data, name)
-        if x is None:
-            continue
-        given = tuple(np.shape(x))
-        if len(given) < 1 or given[1:] != expected:
-            raise ValueError(
-                f"{name} has shape {given}, but the model expects inputs of shape "
-                f"(n, {', '.join(str(s) for s in expected)}) (task input_shape "
-                f"{tuple(task.input_shape)}); given example shape {given[1:]}"
-            )
-
-
-def _n_classes(task: Task, x) -> tuple[int, tuple]:
-    """(classes, label shape of one example) of the task's output, by shapes only."""
-    spec = jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.asarray(x).dtype)
+def _output_shape(task: Task, x, name: str) -> tuple:
+    """Shape of the model's output for one example of ``x`` (``jax.eval_shape``: traced,
+    nothing computed or compiled). Inputs the model cannot take raise a ``ValueError`` that
+    names ``name``, its shape and the task's ``input_shape``."""
+    given = tuple(np.shape(x))
+    if task.input_shape is not None:
+        expected = ", ".join(str(s) for s in task.input_shape[1:])
+        want = f"inputs of shape (n, {expected}) (task input_shape {tuple(task.input_shape)})"
+    else:
+        want = "inputs of another shape"
+    if len(given) < 1:
+        raise ValueError(f"{name} has shape {given}, but the model expects {want}")
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    spec = jax.ShapeDtypeStruct((1, *given[1:]), dtype)
 
     def out(x):
         p, s = task.init(jax.random.key(0))
         return task.apply(p, s, x, train=False, rng=None, hparams=Hyper().as_arrays())[0]
 
-    shape = jax.eval_shape(out, spec).shape
-    return int(shape[-1]), tuple(shape[1:-1])
+    try:
+        return tuple(jax.eval_shape(out, spec).shape)
+    except Exception as err:  # flax ScopeParamShapeError, dot_general shape errors, ...
+        raise ValueError(
+            f"{name} has shape {given}, but the model expects {want}; "
+            f"given example shape {given[1:]} ({type(err).__name__}: {str(err)[:200]})"
+        ) from err
 
 
-def _check_labels(task: Task, data: Data) -> None:
-    """Integer labels in ``[0, n_classes)`` for tasks with ``integer_labels`` (concrete only)."""
+def _check_features(task: Task, data: Data) -> dict:
+    """``x_train`` / ``x_val`` must be inputs the task's model accepts (checked by tracing
+    its ``apply`` on one example's shape, so a task whose ``apply`` was replaced is judged
+    by the new one); returns ``{name: output shape}``."""
+    return {
+        name: _output_shape(task, getattr(data, name), name)
+        for name in ("x_train", "x_val")
+        if getattr(data, name) is not None
+    }
+
+
+def _check_labels(task: Task, data: Data, out_shapes: dict) -> None:
+    """Integer labels in ``[0, n_classes)`` for tasks with ``integer_labels``: dtype and shape
+    always, values when concrete (traced labels pass)."""
     if not task.integer_labels:
         return
-    n_classes, label_shape = _n_classes(task, data.x_train)
-    for name in ("y_train", "y_val"):
+    for name, x_name in (("y_train", "x_train"), ("y_val", "x_val")):
         y = getattr(data, name)
         if y is None:
             continue
+        out = out_shapes[x_name]
+        n_classes, label_shape = int(out[-1]), tuple(out[1:-1])
         shape = "(n,)" if not label_shape else f"(n, {', '.join(map(str, label_shape))})"
         allowed = f"integer class labels in [0, {n_classes}) of shape {shape}"
         dtype = np.dtype(y.dtype) if hasattr(y, "dtype") else np.asarray(y).dtype
