@@ -231,3 +231,43 @@ def test_property_learning_rate(lr):
     if not bool(res.diverged):
         losses = np.asarray(res.history["train_batch_loss"])
         assert np.all(np.isfinite(losses))
+
+
+# ----------------------------------------------------------------------------- sweep grid
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"grid": {"learning_rate": [np.array([0.1, 0.2])]}}, r"grid\['learning_rate'\]"),
+        ({"grid": {"learning_rate": 0.1}}, r"grid\['learning_rate'\] must be a list"),
+        ({"grid": {"learning_rate": ["abc"]}}, r"grid\['learning_rate'\]: learning_rate"),
+        ({"grid": {"learning_rate": [None]}}, r"grid\['learning_rate'\]: learning_rate"),
+        ({"grid": {"momentum": [float("nan")]}}, r"grid\['momentum'\]: momentum"),
+        ({"seeds": True}, "seeds"),
+        ({"seeds": 2.5}, "seeds"),
+        ({"seeds": [1.5]}, r"seeds\[i\] must be an int"),
+        ({"seeds": [-1]}, r"seeds\[i\] must be an int >= 0"),
+        ({"seeds": [2**40]}, r"seeds\[i\] must be an int <= 4294967295"),
+        ({"data_indices": (0.5,)}, r"data_indices\[i\] must be an int"),
+    ],
+)
+def test_grid_members_refuses_hostile_values(kwargs, match):
+    kwargs = {"seeds": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        sweep.grid_members(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "member, match",
+    [
+        (sweep.Member(-1, 0, loop.Hyper()), r"members\[0\].seed must be an int >= 0"),
+        (sweep.Member(2**33, 0, loop.Hyper()), r"members\[0\].seed must be an int <= "),
+        (sweep.Member(0.5, 0, loop.Hyper()), r"members\[0\].seed must be an int"),
+        (sweep.Member(0, True, loop.Hyper()), r"members\[0\].data_index must be an int"),
+        ((0, 0, loop.Hyper()), r"members\[0\] must be a sweep.Member"),
+    ],
+)
+def test_sweep_refuses_hostile_members(member, match):
+    with pytest.raises(ValueError, match=match):
+        _sweep(DATA, [member])
