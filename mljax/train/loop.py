@@ -1084,7 +1084,11 @@ def train(
         :class:`TrainResult`.
 
     Raises:
-        ValueError: bad config, hyperparameters, data sizes or monitor name.
+        ValueError: bad config, hyperparameters (e.g. an array where a scalar is meant),
+            data sizes or monitor name; inputs the model cannot take (the message names
+            ``x_train`` / ``x_val``, the given shape and the task's ``input_shape``);
+            labels that are not integers in ``[0, n_classes)`` for a classification task
+            (``Task.integer_labels``). All checked before anything is traced or compiled.
     """
     data = as_data(data)
     hp = Hyper() if hp is None else hp

@@ -346,7 +346,9 @@ def sweep(
         :class:`SweepResult`.
 
     Raises:
-        ValueError: empty member list, bad hyperparameters, bad sizes, mismatched datasets.
+        ValueError: empty member list, bad hyperparameters, seeds or data indices, bad
+            sizes, mismatched datasets, inputs the model cannot take or labels outside
+            ``[0, n_classes)`` in any dataset (:func:`mljax.train.loop.check_inputs`).
     """
     members = list(members)
     datasets = [loop.as_data(d) for d in ([data] if isinstance(data, Data) else data)]
