@@ -23,8 +23,12 @@ Randomness: one root key is split into (init, data, dropout); epoch e shuffles w
 ``fold_in(data_key, e)`` and step t draws dropout masks from ``fold_in(dropout_key, t)``, so a
 run is a pure function of its key and resuming at step t reproduces the rest bit for bit.
 
-Divergence: a step whose loss or gradients are not finite is not applied; the run is frozen
-(parameters of the last finite step), flagged ``diverged`` and stops.
+Divergence: a step whose loss or gradients are not finite, or whose loss explodes while
+staying finite, ``L_t > divergence_factor · max(|L_0|, 1)`` with ``L_0`` the run's first step
+loss (``TrainConfig.divergence_factor``, default 1e4; None: only non-finite values count), is
+not applied; the run is frozen (parameters of the last accepted step), flagged ``diverged``
+and stops. The test is per run (per sweep member: ``L_0`` is the member's own), so a
+diverging member never changes another.
 
 Two execution strategies with identical maths:
 
@@ -200,6 +204,13 @@ class Task:
             touch (default: leaves named ``kernel``).
         uses_dropout_rate: whether ``apply`` / ``manual_grad`` read ``hparams.dropout_rate``
             (a traced rate a sweep can vmap over); if False a nonzero rate is refused.
+        input_shape: one example's shape with a batch axis (e.g. ``(1, 784)``) the model is
+            built for, or None; named in the error when :func:`check_inputs` finds that
+            ``apply`` cannot take ``x_train`` / ``x_val`` (tried on shapes only, before
+            training).
+        integer_labels: the loss takes integer class labels (softmax cross-entropy):
+            :func:`check_inputs` requires ``y_train`` / ``y_val`` of an integer dtype with
+            values in ``[0, n_classes)``, ``n_classes`` the model output's last axis.
     """
 
     init: Callable
@@ -210,6 +221,8 @@ class Task:
     has_conv: bool = False
     decay_mask: Callable | None = None
     uses_dropout_rate: bool = False
+    input_shape: tuple | None = None
+    integer_labels: bool = False
 
 
 def check_task_hyper(task: Task, hp: Hyper) -> None:
@@ -248,7 +261,12 @@ class TrainConfig:
         patience: stop after this many epochs without improvement (None: never stop early).
         min_delta: an improvement must exceed this.
         strategy: "scan", "python" or "auto" (python for convolutional models).
-        stop_on_divergence: freeze and stop a run whose loss becomes NaN/inf.
+        stop_on_divergence: freeze and stop a run whose loss diverges (NaN/inf, or above
+            ``divergence_factor`` times its initial loss).
+        divergence_factor: a finite step loss ``L_t > divergence_factor · max(|L_0|, 1)``
+            (``L_0``: the run's first step loss) also counts as divergence (a loss that
+            explodes while staying finite, e.g. 1e5 ... 1e29 for a far too large learning
+            rate); a number > 1, or None to flag only NaN/inf.
     """
 
     epochs: int = 10
@@ -269,6 +287,7 @@ class TrainConfig:
     min_delta: float = 0.0
     strategy: str = "auto"
     stop_on_divergence: bool = True
+    divergence_factor: float | None = 1e4
 
     def __post_init__(self):
         for name, allowed in (
@@ -288,6 +307,13 @@ class TrainConfig:
         check_scalar(self.decay_rate, "decay_rate", minimum=0.0, maximum=1.0, strict_minimum=True)
         check_scalar(self.final_lr_fraction, "final_lr_fraction", minimum=0.0, maximum=1.0)
         check_scalar(self.min_delta, "min_delta", minimum=0.0)
+        check_scalar(
+            self.divergence_factor,
+            "divergence_factor",
+            minimum=1.0,
+            strict_minimum=True,
+            allow_none=True,
+        )
 
 
 class TrainState(NamedTuple):
@@ -299,6 +325,7 @@ class TrainState(NamedTuple):
     step: jax.Array  # int32 scalar, global step count
     diverged: jax.Array  # bool scalar
     diverged_step: jax.Array  # int32, -1 if never
+    initial_loss: jax.Array  # float32: loss of the first step (NaN before it)
 
 
 class EarlyStop(NamedTuple):
@@ -323,7 +350,8 @@ class TrainResult(NamedTuple):
         history: ``{name: [epochs]}``, NaN after the run stopped. Keys: ``train_batch_loss``
             (mean of the epoch's step losses), ``train_loss``/``train_<metric>`` (eval mode,
             when ``eval_train``), ``val_loss``/``val_<metric>``, ``lr`` (rate at epoch end).
-        diverged: whether a non-finite loss froze the run; diverged_step: its step or -1.
+        diverged: whether a non-finite or exploding loss (``TrainConfig.divergence_factor``)
+            froze the run; diverged_step: its step or -1.
         strategy: "scan" or "python".
     """
 
@@ -477,7 +505,11 @@ def make_step(task: Task, cfg: TrainConfig, steps_per_epoch: int):
         opt_state = ts.opt_state._replace(hyperparams=hyper)
         updates, new_opt_state = tx.update(grads, opt_state, ts.params)
         new_params = optax.apply_updates(ts.params, updates)
+        loss0 = jnp.where(ts.step == 0, loss, ts.initial_loss)
         ok = jnp.isfinite(loss) & _all_finite(grads) & ~ts.diverged
+        if cfg.divergence_factor is not None:
+            limit = cfg.divergence_factor * jnp.maximum(jnp.abs(loss0), 1.0)
+            ok = ok & ~(loss > limit)
         if not cfg.stop_on_divergence:
             ok = jnp.ones((), bool)
         newly = ~ok & ~ts.diverged
@@ -488,6 +520,7 @@ def make_step(task: Task, cfg: TrainConfig, steps_per_epoch: int):
             step=ts.step + ok.astype(jnp.int32),
             diverged=ts.diverged | ~ok,
             diverged_step=jnp.where(newly, ts.step, ts.diverged_step),
+            initial_loss=jnp.asarray(loss0, jnp.float32),
         )
         return new, loss
 
@@ -510,6 +543,7 @@ def init_state(task: Task, tx, key, hp: Hyper) -> TrainState:
         step=jnp.zeros((), jnp.int32),
         diverged=jnp.zeros((), bool),
         diverged_step=jnp.full((), -1, jnp.int32),
+        initial_loss=jnp.full((), jnp.nan, jnp.float32),
     )
 
 
@@ -624,7 +658,9 @@ def check_inputs(task: Task, cfg: TrainConfig, data: Data, hp: Hyper | None = No
     """Validates data (and ``hp``) against the config before tracing; returns steps per epoch.
 
     Raises:
-        ValueError: row counts that differ, half a validation set, a batch larger than the
+        ValueError: row counts that differ, half a validation set, inputs whose example
+            shape is not the task's ``input_shape``, labels of a non-integer dtype or outside
+            ``[0, n_classes)`` for a task with ``integer_labels``, a batch larger than the
             training set, partial batches or no ``manual_grad`` for ``grad_source="manual"``,
             hyperparameters out of range (:func:`check_hyper`, :func:`check_task_hyper`).
     """
@@ -646,10 +682,76 @@ def check_inputs(task: Task, cfg: TrainConfig, data: Data, hp: Hyper | None = No
         )
     if cfg.grad_source == "manual" and task.manual_grad is None:
         raise ValueError("grad_source='manual' needs a task with manual_grad")
+    _check_labels(task, data, _check_features(task, data))
     if hp is not None:
         check_hyper(hp)
         check_task_hyper(task, hp)
     return num_batches(n, cfg.batch_size, drop_remainder=cfg.drop_remainder)
+
+
+def _output_shape(task: Task, x, name: str) -> tuple:
+    """Shape of the model's output for one example of ``x`` (``jax.eval_shape``: traced,
+    nothing computed or compiled). Inputs the model cannot take raise a ``ValueError`` that
+    names ``name``, its shape and the task's ``input_shape``."""
+    given = tuple(np.shape(x))
+    if task.input_shape is not None:
+        expected = ", ".join(str(s) for s in task.input_shape[1:])
+        want = f"inputs of shape (n, {expected}) (task input_shape {tuple(task.input_shape)})"
+    else:
+        want = "inputs of another shape"
+    if len(given) < 1:
+        raise ValueError(f"{name} has shape {given}, but the model expects {want}")
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    spec = jax.ShapeDtypeStruct((1, *given[1:]), dtype)
+
+    def out(x):
+        p, s = task.init(jax.random.key(0))
+        return task.apply(p, s, x, train=False, rng=None, hparams=Hyper().as_arrays())[0]
+
+    try:
+        return tuple(jax.eval_shape(out, spec).shape)
+    except Exception as err:  # flax ScopeParamShapeError, dot_general shape errors, ...
+        raise ValueError(
+            f"{name} has shape {given}, but the model expects {want}; "
+            f"given example shape {given[1:]} ({type(err).__name__}: {str(err)[:200]})"
+        ) from err
+
+
+def _check_features(task: Task, data: Data) -> dict:
+    """``x_train`` / ``x_val`` must be inputs the task's model accepts (checked by tracing
+    its ``apply`` on one example's shape, so a task whose ``apply`` was replaced is judged
+    by the new one); returns ``{name: output shape}``."""
+    return {
+        name: _output_shape(task, getattr(data, name), name)
+        for name in ("x_train", "x_val")
+        if getattr(data, name) is not None
+    }
+
+
+def _check_labels(task: Task, data: Data, out_shapes: dict) -> None:
+    """Integer labels in ``[0, n_classes)`` for tasks with ``integer_labels``: dtype and shape
+    always, values when concrete (traced labels pass)."""
+    if not task.integer_labels:
+        return
+    for name, x_name in (("y_train", "x_train"), ("y_val", "x_val")):
+        y = getattr(data, name)
+        if y is None:
+            continue
+        out = out_shapes[x_name]
+        n_classes, label_shape = int(out[-1]), tuple(out[1:-1])
+        shape = "(n,)" if not label_shape else f"(n, {', '.join(map(str, label_shape))})"
+        allowed = f"integer class labels in [0, {n_classes}) of shape {shape}"
+        dtype = np.dtype(y.dtype) if hasattr(y, "dtype") else np.asarray(y).dtype
+        if dtype == np.bool_ or not np.issubdtype(dtype, np.integer):
+            raise ValueError(f"{name} must hold {allowed}; got dtype {dtype}")
+        if tuple(np.shape(y)[1:]) != label_shape:
+            raise ValueError(f"{name} must hold {allowed}; got shape {tuple(np.shape(y))}")
+        if not is_concrete(y) or np.size(y) == 0:
+            continue
+        arr = np.asarray(y)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(f"{name} must hold {allowed}; got values in [{lo}, {hi}]")
 
 
 def check_monitor(task: Task, cfg: TrainConfig, data: Data) -> tuple[str, ...]:
@@ -982,7 +1084,11 @@ def train(
         :class:`TrainResult`.
 
     Raises:
-        ValueError: bad config, hyperparameters, data sizes or monitor name.
+        ValueError: bad config, hyperparameters (e.g. an array where a scalar is meant),
+            data sizes or monitor name; inputs the model cannot take (the message names
+            ``x_train`` / ``x_val``, the given shape and the task's ``input_shape``);
+            labels that are not integers in ``[0, n_classes)`` for a classification task
+            (``Task.integer_labels``). All checked before anything is traced or compiled.
     """
     data = as_data(data)
     hp = Hyper() if hp is None else hp

@@ -14,8 +14,9 @@ are separate calls of :func:`sweep`, looped outside; a bounded LRU cache
 compiled program when the same (task, config) comes back.
 
 Divergence isolation: vmap keeps members independent (no reduction crosses the member
-axis), and a member whose loss becomes NaN/inf is frozen and flagged by the step itself
-(``loop.make_step``), so every other member computes exactly what it would alone.
+axis), and a member whose loss becomes NaN/inf or explodes while finite (above
+``TrainConfig.divergence_factor`` times its own first step loss) is frozen and flagged by the
+step itself (``loop.make_step``), so every other member computes exactly what it would alone.
 
 Chunking: members go through in chunks of ``chunk_size`` (the last chunk is padded with
 copies of its first member, which are dropped), so memory is bounded by the chunk.
@@ -48,10 +49,11 @@ from jax.sharding import PartitionSpec as P
 
 from mljax.progress import progress
 from mljax.train import loop
-from mljax.train.loop import HYPER_FIELDS, Data, Hyper, Task, TrainConfig
-from mljax.validation import check_chunk_size
+from mljax.train.loop import HYPER_FIELDS, HYPER_RANGES, Data, Hyper, Task, TrainConfig
+from mljax.validation import check_chunk_size, check_int, check_scalar
 
 __all__ = [
+    "MAX_SEED",
     "MESH_AXIS",
     "SWEEP_STRATEGIES",
     "GroupStats",
@@ -67,6 +69,7 @@ __all__ = [
 ]
 
 SWEEP_STRATEGIES = ("auto", "vmap", "sequential")
+MAX_SEED = 2**32 - 1  # seeds are folded into the root key as uint32
 MESH_AXIS = "sweep"
 
 
@@ -116,16 +119,25 @@ def grid_members(
     """Members of the full product data × grid × seeds (seeds vary fastest).
 
     Args:
-        seeds: a count (seeds ``0..n-1``) or explicit seed numbers.
-        grid: ``{hyper field: values}``; fields not named keep ``base``'s value.
+        seeds: a count (seeds ``0..n-1``) or explicit seed numbers, ints in
+            ``[0, MAX_SEED]``.
+        grid: ``{hyper field: list of scalar values}``, each in the field's range
+            (:data:`mljax.train.loop.HYPER_RANGES`); fields not named keep ``base``'s value.
         base: defaults for the other fields.
         data_indices: dataset indices to cross with the grid.
 
     Raises:
-        ValueError: unknown field, an empty value list, no seeds.
+        ValueError: unknown field, an empty value list, a value that is no finite scalar in
+            its field's range (an array, a string, None), no seeds, a seed or data index
+            that is no int (bools and fractions refused) or is out of range.
     """
     base = Hyper() if base is None else base
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
+        seed_list = list(range(check_int(seeds, "seeds", minimum=0, maximum=MAX_SEED + 1)))
+    elif isinstance(seeds, Sequence | np.ndarray) and not isinstance(seeds, str):
+        seed_list = [check_int(s, "seeds[i]", minimum=0, maximum=MAX_SEED) for s in seeds]
+    else:
+        raise ValueError(f"seeds must be a count or a list of ints; got {seeds!r}")
     if not seed_list:
         raise ValueError(f"seeds must give at least one seed, got {seeds!r}")
     grid = dict(grid or {})
@@ -133,10 +145,19 @@ def grid_members(
     if bad:
         raise ValueError(f"unknown hyperparameter(s) {bad}; allowed: {HYPER_FIELDS}")
     for k, v in grid.items():
+        if isinstance(v, str) or not isinstance(v, Sequence | np.ndarray) or np.ndim(v) != 1:
+            raise ValueError(
+                f"grid[{k!r}] must be a list of numbers (one value per grid point); got {v!r}"
+            )
         if len(v) == 0:
             raise ValueError(f"grid[{k!r}] is empty; give at least one value")
+        for value in v:
+            check_scalar(value, f"grid[{k!r}]: {k}", **HYPER_RANGES[k])
+    if isinstance(data_indices, str) or not isinstance(data_indices, Sequence | np.ndarray):
+        raise ValueError(f"data_indices must be a list of ints; got {data_indices!r}")
     if len(data_indices) == 0:
         raise ValueError("data_indices is empty")
+    data_indices = [check_int(d, "data_indices[i]", minimum=0) for d in data_indices]
     names = list(grid)
     members = []
     for d in data_indices:
@@ -218,7 +239,11 @@ def _check_sweep(task, cfg, datasets, members, data_names) -> tuple[str, ...]:
         raise ValueError("data is an empty list")
     if data_names is not None and len(data_names) != len(datasets):
         raise ValueError(f"data_names has {len(data_names)} names for {len(datasets)} datasets")
-    for m in members:
+    for i, m in enumerate(members):
+        if not isinstance(m, Member):
+            raise ValueError(f"members[{i}] must be a sweep.Member; got {type(m).__name__}")
+        check_int(m.seed, f"members[{i}].seed", minimum=0, maximum=MAX_SEED)
+        check_int(m.data_index, f"members[{i}].data_index", minimum=0)
         if not 0 <= m.data_index < len(datasets):
             raise ValueError(f"member {m} has data_index outside [0, {len(datasets)})")
         loop.check_hyper(m.hyper)
@@ -321,7 +346,9 @@ def sweep(
         :class:`SweepResult`.
 
     Raises:
-        ValueError: empty member list, bad hyperparameters, bad sizes, mismatched datasets.
+        ValueError: empty member list, bad hyperparameters, seeds or data indices, bad
+            sizes, mismatched datasets, inputs the model cannot take or labels outside
+            ``[0, n_classes)`` in any dataset (:func:`mljax.train.loop.check_inputs`).
     """
     members = list(members)
     datasets = [loop.as_data(d) for d in ([data] if isinstance(data, Data) else data)]

@@ -221,4 +221,6 @@ def layer_task(
         manual_grad=functools.partial(_manual_grad, loss, dropout),
         has_conv=any(isinstance(lay, Conv) for lay in layers),
         uses_dropout_rate=dropout_from_hyper,
+        input_shape=input_shape,
+        integer_labels=loss == "softmax_cross_entropy",
     )
