@@ -201,9 +201,8 @@ def fit(
     n, d = x.shape
     if n < 2:
         raise ValueError(f"x must have at least 2 rows (samples); got {n}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = jnp.asarray(x, dtype=jnp.result_type(float))
     check_finite(x, "x")
+    x = jnp.asarray(x) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.asarray(x, float)
     check_int(n_oversamples, "n_oversamples", minimum=0)
     check_int(n_iter, "n_iter", minimum=0)
     if not isinstance(whiten, bool | np.bool_):
