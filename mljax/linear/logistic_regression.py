@@ -6,8 +6,10 @@ With weights ``W [K, d]``, intercepts ``b [K]`` (not penalised), sample weights 
     J(W, b) = ½‖W‖² + C · Σᵢ sᵢ · (−log p_{i, yᵢ}),
 
 scikit-learn's ``LogisticRegression(C=C)`` objective, so a fit at the same ``C`` is the same
-model. The solver is L-BFGS (``optax.lbfgs``, memory 10, zoom line search) in a
-``lax.while_loop`` on scikit-learn's scaled objective ``J / (C · Σ sᵢ)`` (values of order
+model. The solver is L-BFGS (memory 10, backtracking Armijo line search; written here rather
+than taken from ``optax.lbfgs``, whose zoom line search branches with ``lax.cond``: vmapped,
+a ``cond`` with a batched predicate broadcasts the data to every member, 20x slower for
+5 folds on Fashion-MNIST) in a ``lax.while_loop`` on scikit-learn's scaled objective ``J / (C · Σ sᵢ)`` (values of order
 one, kind to float32); it stops, as scikit-learn's lbfgs does, when the largest gradient entry
 of that scaled objective is at most ``tol`` or after ``max_iter`` iterations, and also when
 an iteration no longer lowers the objective by more than a few float roundings (the line
@@ -31,8 +33,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import optax.tree_utils as otu
 
 from mljax.validation import check_finite, check_int, check_scalar, is_concrete
 
@@ -132,13 +132,117 @@ def objective(model_or_params, x, y, *, C=1.0, sample_weight=None, n_classes=Non
     return _scaled_objective(params, x, onehot, sw.astype(x.dtype), C, None) * C * jnp.sum(sw)
 
 
-class _State(NamedTuple):
-    params: Any
-    opt_state: Any
-    value: jax.Array
-    prev_value: jax.Array
-    grad_max: jax.Array
+class _LBFGS(NamedTuple):
+    theta: jax.Array  # [P] flat parameters
+    f: jax.Array
+    g: jax.Array  # [P]
+    s_hist: jax.Array  # [m, P] steps, circular
+    y_hist: jax.Array  # [m, P] gradient changes
+    rho: jax.Array  # [m] 1 / (s·y)
+    n_pairs: jax.Array  # valid history entries
+    head: jax.Array  # next slot to write
     n_iter: jax.Array
+    done: jax.Array  # stalled or the line search found no decrease
+
+
+def _two_loop(g, st: _LBFGS, m: int):
+    """``H g`` by the L-BFGS two-loop recursion (Nocedal & Wright, alg. 7.4)."""
+
+    def newest_first(i, carry):
+        q, alphas = carry
+        idx = (st.head - 1 - i) % m
+        a = jnp.where(i < st.n_pairs, st.rho[idx] * jnp.dot(st.s_hist[idx], q), 0.0)
+        return q - a * st.y_hist[idx], alphas.at[idx].set(a)
+
+    q, alphas = jax.lax.fori_loop(0, m, newest_first, (g, jnp.zeros((m,), g.dtype)))
+    last = (st.head - 1) % m
+    sy = jnp.dot(st.s_hist[last], st.y_hist[last])
+    yy = jnp.dot(st.y_hist[last], st.y_hist[last])
+    # H0 = γI with γ = sᵀy / yᵀy; before any pair, a first step of length at most 1.
+    gamma = jnp.where(
+        st.n_pairs > 0, sy / jnp.where(yy > 0, yy, 1.0), 1.0 / jnp.maximum(1.0, jnp.linalg.norm(g))
+    )
+    r = gamma * q
+
+    def oldest_first(k, r):
+        i = m - 1 - k
+        idx = (st.head - 1 - i) % m
+        beta = st.rho[idx] * jnp.dot(st.y_hist[idx], r)
+        return r + jnp.where(i < st.n_pairs, alphas[idx] - beta, 0.0) * st.s_hist[idx]
+
+    return jax.lax.fori_loop(0, m, oldest_first, r)
+
+
+def _lbfgs(value_and_grad, theta0, *, max_iter, tol, m, max_linesearch=20, c1=1e-4):
+    """Minimises a smooth function from ``theta0 [P]``; returns the final :class:`_LBFGS`.
+
+    Only ``while_loop`` and ``where`` (no ``cond``): vmapped, the loops run the members in
+    lockstep and data closed over by ``value_and_grad`` stay unbatched (a batched ``cond``
+    would broadcast them to every member). Line search: backtracking from step 1 with
+    quadratic interpolation (clipped to [0.1, 0.5] of the last step) until the Armijo
+    condition holds; a pair enters the history only when sᵀy > 0.
+    """
+    dt = theta0.dtype
+    eps = jnp.finfo(dt).eps
+    f0, g0 = value_and_grad(theta0)
+    p = theta0.shape[0]
+    st0 = _LBFGS(
+        theta0, f0, g0, jnp.zeros((m, p), dt), jnp.zeros((m, p), dt), jnp.zeros((m,), dt),
+        jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+        jnp.zeros((), bool),
+    )  # fmt: skip
+
+    def gmax(g):
+        return jnp.max(jnp.abs(g))
+
+    def cond(st):
+        return (st.n_iter < max_iter) & (gmax(st.g) > tol) & ~st.done
+
+    def body(st):
+        d = -_two_loop(st.g, st, m)
+        gd = jnp.dot(st.g, d)
+        # Not a descent direction (rounding): fall back to steepest descent.
+        bad = ~(gd < 0)
+        d = jnp.where(bad, -st.g / jnp.maximum(1.0, jnp.linalg.norm(st.g)), d)
+        gd = jnp.where(bad, jnp.dot(st.g, d), gd)
+
+        def ls_cond(c):
+            _, _, _, ok, k = c
+            return ~ok & (k < max_linesearch)
+
+        def ls_body(c):
+            t, _, _, _, k = c
+            f_new, g_new = value_and_grad(st.theta + t * d)
+            ok = jnp.isfinite(f_new) & (f_new <= st.f + c1 * t * gd)
+            denom = 2.0 * (f_new - st.f - gd * t)
+            t_quad = jnp.where(denom > 0, -gd * t * t / jnp.where(denom > 0, denom, 1.0), 0.5 * t)
+            t_next = jnp.where(ok, t, jnp.clip(t_quad, 0.1 * t, 0.5 * t))
+            return t_next, f_new, g_new, ok, k + 1
+
+        init = (jnp.ones((), dt), st.f, st.g, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
+        t, f_new, g_new, ok, _ = jax.lax.while_loop(ls_cond, ls_body, init)
+        s = t * d
+        yv = g_new - st.g
+        sy = jnp.dot(s, yv)
+        push = ok & (sy > eps * jnp.dot(yv, yv))
+        s_hist = jnp.where(push, st.s_hist.at[st.head].set(s), st.s_hist)
+        y_hist = jnp.where(push, st.y_hist.at[st.head].set(yv), st.y_hist)
+        rho = jnp.where(push, st.rho.at[st.head].set(1.0 / jnp.where(push, sy, 1.0)), st.rho)
+        stalled = st.f - f_new <= 4 * eps * jnp.maximum(
+            jnp.maximum(jnp.abs(st.f), jnp.abs(f_new)), 1.0
+        )
+        return _LBFGS(
+            jnp.where(ok, st.theta + s, st.theta),
+            jnp.where(ok, f_new, st.f),
+            jnp.where(ok, g_new, st.g),
+            s_hist, y_hist, rho,
+            jnp.minimum(st.n_pairs + push.astype(jnp.int32), m),
+            jnp.where(push, (st.head + 1) % m, st.head),
+            st.n_iter + 1,
+            ~ok | stalled,
+        )  # fmt: skip
+
+    return jax.lax.while_loop(cond, body, st0)
 
 
 def _fit_impl(x, y, sw, c, mask, *, n_classes, max_iter, tol, memory_size):
@@ -147,45 +251,28 @@ def _fit_impl(x, y, sw, c, mask, *, n_classes, max_iter, tol, memory_size):
     onehot = jax.nn.one_hot(y, n_classes, dtype=dt)
     sw = sw.astype(dt)
     c = jnp.asarray(c, dt)
+    kd = n_classes * d
 
-    def fun(params):
-        return _scaled_objective(params, x, onehot, sw, c, mask)
+    def unflat(theta):
+        return theta[:kd].reshape(n_classes, d), theta[kd:]
 
-    opt = optax.lbfgs(memory_size=memory_size)
-    value_and_grad = optax.value_and_grad_from_state(fun)
-    params0 = (jnp.zeros((n_classes, d), dt), jnp.zeros((n_classes,), dt))
-    v0, g0 = jax.value_and_grad(fun)(params0)
-    # Objective changes below this are float rounding: nothing left for the line search.
-    ftol = 4 * jnp.finfo(dt).eps
-
-    def gmax(g):
-        return jnp.maximum(jnp.max(jnp.abs(g[0])), jnp.max(jnp.abs(g[1])))
-
-    def cond(s: _State):
-        stalled = (s.n_iter > 0) & (
-            s.prev_value - s.value <= ftol * jnp.maximum(jnp.abs(s.value), 1.0)
+    def value_and_grad(theta):
+        return jax.value_and_grad(lambda th: _scaled_objective(unflat(th), x, onehot, sw, c, mask))(
+            theta
         )
-        return (s.n_iter < max_iter) & (s.grad_max > tol) & ~stalled
 
-    def body(s: _State):
-        value, grad = value_and_grad(s.params, state=s.opt_state)
-        updates, opt_state = opt.update(
-            grad, s.opt_state, s.params, value=value, grad=grad, value_fn=fun
-        )
-        params = optax.apply_updates(s.params, updates)
-        new_value = otu.tree_get(opt_state, "value")
-        new_grad = otu.tree_get(opt_state, "grad")
-        return _State(params, opt_state, new_value, value, gmax(new_grad), s.n_iter + 1)
-
-    s0 = _State(params0, opt.init(params0), v0, v0, gmax(g0), jnp.zeros((), jnp.int32))
-    s = jax.lax.while_loop(cond, body, s0)
-    w, b = s.params
+    st = _lbfgs(
+        value_and_grad, jnp.zeros((kd + n_classes,), dt), max_iter=max_iter, tol=tol,
+        m=memory_size,
+    )  # fmt: skip
+    w, b = unflat(st.theta)
     if mask is not None:
         w = w * mask[None, :]
-    # Intercepts are defined up to a common shift; centre them like scikit-learn's solution.
+    # Intercepts are defined up to a common shift (the steps keep their sum at zero anyway).
     b = b - jnp.mean(b)
+    grad_max = jnp.max(jnp.abs(st.g))
     return LogisticRegressionModel(
-        w, b, s.value * c * jnp.sum(sw), s.grad_max, s.n_iter, s.grad_max <= tol
+        w, b, st.f * c * jnp.sum(sw), grad_max, st.n_iter, grad_max <= tol
     )
 
 
