@@ -56,6 +56,7 @@ class LogisticRegressionModel(NamedTuple):
         objective: ``J(W, b)`` at the solution (scikit-learn's convention, module docstring).
         grad_max: the largest |gradient entry| of the scaled objective ``J / (C Σ sᵢ)``.
         n_iter: L-BFGS iterations run.
+        n_evals: objective and gradient evaluations (line-search trials included).
         converged: ``grad_max <= tol`` (False where ``max_iter`` or the float resolution
             stopped it first).
     """
@@ -66,6 +67,7 @@ class LogisticRegressionModel(NamedTuple):
     grad_max: jax.Array
     n_iter: jax.Array
     converged: jax.Array
+    n_evals: jax.Array
 
 
 def check_labels(y: Any, n_classes: int | None, *, name: str = "y") -> int:
@@ -142,6 +144,7 @@ class _LBFGS(NamedTuple):
     n_pairs: jax.Array  # valid history entries
     head: jax.Array  # next slot to write
     n_iter: jax.Array
+    n_evals: jax.Array  # objective + gradient evaluations
     done: jax.Array  # stalled or the line search found no decrease
 
 
@@ -189,7 +192,7 @@ def _lbfgs(value_and_grad, theta0, *, max_iter, tol, m, max_linesearch=20, c1=1e
     st0 = _LBFGS(
         theta0, f0, g0, jnp.zeros((m, p), dt), jnp.zeros((m, p), dt), jnp.zeros((m,), dt),
         jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-        jnp.zeros((), bool),
+        jnp.ones((), jnp.int32), jnp.zeros((), bool),
     )  # fmt: skip
 
     def gmax(g):
@@ -220,7 +223,7 @@ def _lbfgs(value_and_grad, theta0, *, max_iter, tol, m, max_linesearch=20, c1=1e
             return t_next, f_new, g_new, ok, k + 1
 
         init = (jnp.ones((), dt), st.f, st.g, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
-        t, f_new, g_new, ok, _ = jax.lax.while_loop(ls_cond, ls_body, init)
+        t, f_new, g_new, ok, n_ls = jax.lax.while_loop(ls_cond, ls_body, init)
         s = t * d
         yv = g_new - st.g
         sy = jnp.dot(s, yv)
@@ -239,6 +242,7 @@ def _lbfgs(value_and_grad, theta0, *, max_iter, tol, m, max_linesearch=20, c1=1e
             jnp.minimum(st.n_pairs + push.astype(jnp.int32), m),
             jnp.where(push, (st.head + 1) % m, st.head),
             st.n_iter + 1,
+            st.n_evals + n_ls,
             ~ok | stalled,
         )  # fmt: skip
 
@@ -272,7 +276,7 @@ def _fit_impl(x, y, sw, c, mask, *, n_classes, max_iter, tol, memory_size):
     b = b - jnp.mean(b)
     grad_max = jnp.max(jnp.abs(st.g))
     return LogisticRegressionModel(
-        w, b, st.f * c * jnp.sum(sw), grad_max, st.n_iter, grad_max <= tol
+        w, b, st.f * c * jnp.sum(sw), grad_max, st.n_iter, grad_max <= tol, st.n_evals
     )
 
 
