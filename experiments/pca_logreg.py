@@ -302,9 +302,9 @@ def report_notes(metrics: dict) -> str:
         )
     lines += [
         "",
-        "Why ours differ from the report: its 90 s per fold is scikit-learn's lbfgs in float64 "
-        "with one fold at a time, where our folds share one pass over the data per L-BFGS "
-        "iteration in float32 (and the machines differ). Its accuracies (≈ 85 % without PCA) "
+        "Why ours differ from the report: its 90 s per fold is scikit-learn's lbfgs fitting one "
+        "fold at a time (on data read from CSV, so float64), where our folds share one pass over "
+        "the data per L-BFGS iteration, in float32 (and the machines differ). Its accuracies (≈ 85 % without PCA) "
         "come from pixels normalised by course code we do not have and from lbfgs stopped at "
         "100 iterations before convergence (as ours is, at the same max_iter), so small "
         "differences in scaling and in where the solver stops move the numbers by a point or "
