@@ -251,9 +251,10 @@ def _scatter_figure(z, y, clusters, ari, run_dir):
         (axes[1], clusters, f"k-means cluster (ARI {ari:.3f})"),
     ):
         sc = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=3, alpha=0.6, linewidths=0)
-        ax.set_title(f"Fashion-MNIST test set, PCA(2), coloured by {title}")
+        ax.set_title(f"coloured by {title}")
         ax.set_xlabel("PC 1")
     axes[0].set_ylabel("PC 2")
+    fig.suptitle("Fashion-MNIST test set, PCA(2) + k-means (k = 10)")
     fig.colorbar(sc, ax=axes, shrink=0.8, label="label")
     plots.save_figure(fig, run_dir.file("pca2_kmeans.png"))
 
