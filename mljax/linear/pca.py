@@ -179,7 +179,8 @@ def fit(
         x: ``[n, d]`` data, ``n >= 2``, finite.
         n_components: an int in ``[1, min(n, d)]`` (``min(n - 1, d)`` is the most with
             nonzero variance), or a float in ``(0, 1)``: the fewest components whose
-            explained-variance ratios sum to more than it (scikit-learn's rule; host only).
+            explained-variance ratios sum to more than it (scikit-learn's rule; host only;
+            needs the whole spectrum, so ``"randomized"`` is replaced by the exact ``"svd"``).
         whiten: ``transform`` divides each coordinate by ``√explained_variance``.
         method: ``"auto"``, ``"covariance_eigh"``, ``"svd"`` or ``"randomized"`` (module
             docstring).
