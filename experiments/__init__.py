@@ -68,6 +68,14 @@ REGISTRY: tuple[ExperimentInfo, ...] = (
         "E5",
     ),
     ExperimentInfo(
+        "pca_logreg",
+        "003_7a64f05ef5897792.txt",
+        "§2.3",
+        "PCA(2) + k-means on the Fashion-MNIST test set (ARI); logistic regression after PCA "
+        "(n in 2..100) and on 784 pixels, 5-fold CV with folds and sizes vmapped; time per fold",
+        "E7",
+    ),
+    ExperimentInfo(
         "mog",
         "000_83718215b190346b.txt",
         "CSC2515 A2 Question 4",
