@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 # Tests never wait on a progress bar and never reach the network for datasets.
@@ -38,3 +39,26 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+@functools.cache
+def _dataset_missing(name: str) -> str | None:
+    """Why the dataset cannot be loaded here (None when it can); looked up once per session."""
+    from mljax.data import images
+
+    try:
+        images.load(name, "test", download=False)
+    except Exception as e:  # not installed, or unreadable here
+        return str(e).splitlines()[0]
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.realdata("fashion_mnist")``: skipped, with the reason, where the named
+    dataset is not installed (the marker without a name leaves the decision to the test)."""
+    for item in items:
+        for marker in item.iter_markers("realdata"):
+            for name in marker.args:
+                reason = _dataset_missing(name)
+                if reason:
+                    item.add_marker(pytest.mark.skip(reason=f"{name} not installed: {reason}"))

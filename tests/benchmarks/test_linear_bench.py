@@ -5,19 +5,9 @@ import json
 import pytest
 
 from benchmarks import linear as bench
-from mljax.data import images
 
 
-def _have_fashion_mnist():
-    try:
-        images.load("fashion_mnist", "train", download=False)
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.realdata
-@pytest.mark.skipif(not _have_fashion_mnist(), reason="Fashion-MNIST not installed")
+@pytest.mark.realdata("fashion_mnist")
 def test_quick_writes_rows(tmp_path, capsys):
     out = tmp_path / "rows.json"
     assert bench.main(["--quick", "--out", str(out)]) == 0

@@ -7,20 +7,10 @@ import pytest
 
 import experiments
 from experiments import pca_logreg
-from mljax.data import images
 from mljax.experiment import cli_main
 
 
-def _have_fashion_mnist():
-    try:
-        images.load("fashion_mnist", "test", download=False)
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.realdata
-@pytest.mark.skipif(not _have_fashion_mnist(), reason="Fashion-MNIST not installed")
+@pytest.mark.realdata("fashion_mnist")
 def test_quick_run_writes_metrics_and_figures(tmp_path):
     out = tmp_path / "e7"
     assert cli_main(pca_logreg, ["--quick", "--out", str(out), "--quiet"]) == 0

@@ -135,17 +135,8 @@ class TestVariants(chex.TestCase):
         f((2 * x).astype(np.float32), 0.3)
 
 
-def _have_fashion_mnist():
-    try:
-        images.load("fashion_mnist", "test", download=False)
-    except Exception:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.realdata
-@pytest.mark.skipif(not _have_fashion_mnist(), reason="Fashion-MNIST not installed")
+@pytest.mark.realdata("fashion_mnist")
 def test_parity_on_fashion_mnist_float32():
     """Issue #11: objective within 1e-4 relative of scikit-learn's at convergence, test
     predictions agreeing on >= 99.5 % of images, accuracy within 0.2 points (float32 ours,
