@@ -220,7 +220,8 @@ def interrupts_stop_the_run(retry_s: float = 0.2):
     ignored in ... _xla_gc_callback"), so a Ctrl-C that lands there was lost and the run went
     on. Inside this block the first SIGINT raises ``KeyboardInterrupt`` and, until the block
     has seen it, raises it again every ``retry_s`` seconds. Only in the main thread; elsewhere
-    (and with SIGINT ignored) the block runs unchanged.
+    (and with SIGINT ignored) the block runs unchanged. A block that ends normally after a
+    SIGINT it never saw raises ``KeyboardInterrupt`` at its end.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -238,9 +239,12 @@ def interrupts_stop_the_run(retry_s: float = 0.2):
                 if not seen.is_set():
                     _thread.interrupt_main()
 
+    received = threading.Event()
+
     def on_sigint(signum, frame):
         if seen.is_set():
             return  # a re-raise that was already on its way
+        received.set()
         if not any(t.name == "mljax-interrupt" for t in threading.enumerate()):
             threading.Thread(target=reraise_until_seen, name="mljax-interrupt", daemon=True).start()
         raise KeyboardInterrupt
@@ -248,6 +252,8 @@ def interrupts_stop_the_run(retry_s: float = 0.2):
     signal.signal(signal.SIGINT, on_sigint)
     try:
         yield
+        if received.is_set():  # swallowed, and the block ended before a re-raise came
+            raise KeyboardInterrupt
     finally:
         with lock:
             seen.set()
@@ -280,6 +286,10 @@ def cli_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
     try:
         with interrupts_stop_the_run():
             metrics, run_dir = execute(module, config)
+            print(
+                f"{module.NAME}: finished in {metrics['wall_time_s']:.1f} s; "
+                f"report at {run_dir.file('report.md')}"
+            )
     except KeyboardInterrupt:
         print(
             "\ninterrupted: files already written in the run directory are complete.",
@@ -289,8 +299,4 @@ def cli_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # bad input, a missing dataset, an unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(
-        f"{module.NAME}: finished in {metrics['wall_time_s']:.1f} s; "
-        f"report at {run_dir.file('report.md')}"
-    )
     return 0

@@ -263,3 +263,21 @@ def test_data_dir_must_exist_and_be_readable(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         check_input_dir(tmp_path / "f")
     assert check_input_dir(tmp_path) == tmp_path
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_swallowed_ctrl_c_is_raised_when_the_block_ends_before_the_retry():
+    import gc
+    import signal
+
+    from mljax.experiment import interrupts_stop_the_run
+
+    def interrupted_callback(phase, info):
+        if phase == "start":
+            gc.callbacks.remove(interrupted_callback)
+            signal.raise_signal(signal.SIGINT)
+
+    # No retry in time: the end of the block raises it.
+    with pytest.raises(KeyboardInterrupt), interrupts_stop_the_run(retry_s=60.0):  # noqa: PT012
+        gc.callbacks.append(interrupted_callback)
+        gc.collect()
