@@ -278,6 +278,6 @@ def test_a_swallowed_ctrl_c_is_raised_when_the_block_ends_before_the_retry():
             signal.raise_signal(signal.SIGINT)
 
     # No retry in time: the end of the block raises it.
-    with pytest.raises(KeyboardInterrupt), interrupts_stop_the_run(retry_s=60.0):  # noqa: PT012
+    with pytest.raises(KeyboardInterrupt), interrupts_stop_the_run(retry_s=60.0):
         gc.callbacks.append(interrupted_callback)
         gc.collect()
