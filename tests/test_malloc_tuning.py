@@ -77,6 +77,7 @@ def _probe(*args, reexec=False, tune=True, tmp_path=None, **env_overrides):
 
 
 @glibc
+@pytest.mark.slow
 def test_tune_malloc_stops_page_faults_on_repeated_large_allocations():
     [tuned] = _probe()
     [default] = _probe(MLJAX_MALLOC_TUNING="0")
@@ -94,6 +95,7 @@ def test_tune_malloc_stops_page_faults_on_repeated_large_allocations():
 
 
 @glibc
+@pytest.mark.slow
 def test_explicit_glibc_settings_are_respected():
     for name, value in (("MALLOC_MMAP_THRESHOLD_", "131072"), ("MALLOC_ARENA_MAX", "2")):
         [report] = _probe(**{name: value})
@@ -109,6 +111,7 @@ def _huge_pages_available() -> bool:
 
 
 @glibc
+@pytest.mark.slow
 def test_reexec_starts_the_command_again_with_glibc_tunables(tmp_path):
     # 72 MiB does not fit in a worker arena's 64 MiB heap: glibc mmaps it afresh at every
     # allocation whatever mallopt says (4 KiB faults: 20 × 18,432). After the re-execution glibc

@@ -12,6 +12,7 @@ from benchmarks import backprop as bench
 ROW_KEYS = {"case", "ours_s", "anchor", "anchor_s", "ratio", "compile_s", "agreement"}
 
 
+@pytest.mark.slow
 def test_quick_run_writes_rows(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc, wall = timed_main(bench.main, ["--quick", "--models", "mlp_c", "--out", str(out)])

@@ -5,11 +5,13 @@ the whole run."""
 import json
 
 import numpy as np
+import pytest
 from _independent import assert_timed_calls_fit, timed_main
 
 from benchmarks import gmm as bench
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_rows(tmp_path, capsys):
     out = tmp_path / "gmm.json"
     rc, wall = timed_main(bench.main, ["--quick", "--out", str(out), "--case", "diag"])

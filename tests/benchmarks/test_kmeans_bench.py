@@ -5,12 +5,14 @@ same start, and a stopwatch around the whole run."""
 import json
 
 import numpy as np
+import pytest
 from _independent import assert_timed_calls_fit, timed_main
 from sklearn.cluster import KMeans
 
 from benchmarks import kmeans as bench
 
 
+@pytest.mark.slow
 def test_quick_writes_rows(tmp_path, capsys):
     out = tmp_path / "rows.json"
     rc, wall = timed_main(bench.main, ["--quick", "--out", str(out)])

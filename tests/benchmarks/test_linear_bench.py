@@ -8,6 +8,7 @@ from benchmarks import linear as bench
 
 
 @pytest.mark.realdata("fashion_mnist")
+@pytest.mark.slow
 def test_quick_writes_rows(tmp_path, capsys):
     out = tmp_path / "rows.json"
     assert bench.main(["--quick", "--out", str(out)]) == 0

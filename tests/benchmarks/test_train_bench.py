@@ -29,6 +29,7 @@ def quick_rows(tmp_path_factory):
     return rows
 
 
+@pytest.mark.slow
 def test_quick_run_writes_contract_rows(quick_rows):
     assert [r["strategy"] for r in quick_rows] == ["scan", "python", "vmap"]
     for row in quick_rows:
@@ -47,6 +48,7 @@ def test_quick_run_writes_contract_rows(quick_rows):
 
 
 @pytest.mark.parametrize("i", [0, 1], ids=["mlp", "cnn_d"])
+@pytest.mark.slow
 def test_same_start_same_batches_same_loss(quick_rows, i):
     """A few SGD steps from the same weights on the same batches: losses agree to 1e-4 ...
 
@@ -57,10 +59,12 @@ def test_same_start_same_batches_same_loss(quick_rows, i):
     assert row["agreement"] < 1e-4
 
 
+@pytest.mark.slow
 def test_playground_subset_agrees_with_pytorch(quick_rows):
     assert quick_rows[2]["agreement"] < 1e-4
 
 
+@pytest.mark.slow
 def test_table_is_printed(capsys, tmp_path):
     out = tmp_path / "t.json"
     assert bench.main(["--quick", "--cases", "mlp", "--out", str(out)]) == 0

@@ -267,6 +267,7 @@ def test_scores_under_vmap_match_sklearn(x64, covariance_type):
     seed=st.integers(0, 2**16),
     covariance_type=st.sampled_from(COV_TYPES),
 )
+@pytest.mark.slow
 def test_em_never_decreases_log_likelihood(centres, log_scale, seed, covariance_type):
     init = "random_from_data"
     with jax.enable_x64(True):
@@ -301,6 +302,7 @@ def _dense_covariances(cov, covariance_type, k, d):
     log_scale=st.floats(-3.0, 3.0),
     covariance_type=st.sampled_from(COV_TYPES),
 )
+@pytest.mark.slow
 def test_score_samples_matches_scipy_for_random_parameters(seed, log_scale, covariance_type):
     """Every covariance type's entry of the table, through the public kernel, against scipy's
     dense multivariate normal (fixed shapes: [25, 3] data, k = 4, so nothing recompiles)."""
@@ -336,6 +338,7 @@ def _expected_complete_ll(x, log_resp, weights, means, covs):
     return jnp.sum(r * (jnp.log(weights)[None] + logn))
 
 
+@pytest.mark.slow
 def test_m_step_is_stationary_point_of_expected_complete_ll(x64):
     """Seed 000's derivation: dQ/dmu = 0, dQ/dSigma = 0, dQ/dpi_k = lambda for all k."""
     x = blobs(n_per=40)
@@ -385,6 +388,7 @@ def test_chunked_fit_equals_single_chunk(x64):
 
 
 @pytest.mark.parametrize("init", ["kmeans", "k-means++"])
+@pytest.mark.slow
 def test_kmeans_inits_recover_separated_blobs(init):
     x = blobs(n_per=100, d=2, spread=8.0, dtype=np.float32)
     res = gmm.fit(jax.random.key(1), x, 3, init=init, n_init=2)
@@ -397,6 +401,7 @@ def test_kmeans_inits_recover_separated_blobs(init):
 
 
 @pytest.mark.parametrize("init", ["random", "random_from_data", "rand_const"])
+@pytest.mark.slow
 def test_random_inits_start_where_documented(x64, init):
     """The first trace entry is the log-likelihood of the documented starting parameters."""
     x = blobs()
@@ -420,6 +425,7 @@ def test_random_inits_start_where_documented(x64, init):
     assert np.all(np.diff(np.asarray(res.log_likelihood_trace)) > -1e-9)
 
 
+@pytest.mark.slow
 def test_restarts_pick_best_of_split_keys(x64):
     x = blobs(n_per=40, spread=2.0)
     key = jax.random.key(3)
@@ -431,6 +437,7 @@ def test_restarts_pick_best_of_split_keys(x64):
     assert float(best.log_likelihood) == pytest.approx(max(singles), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_fit_under_jit_and_vmap_over_keys():
     x = blobs(n_per=40, dtype=np.float32)
     keys = jax.random.split(jax.random.key(0), 3)
@@ -446,6 +453,7 @@ def test_fit_under_jit_and_vmap_over_keys():
     chex.assert_trees_all_close(jitted.params.means, eager.params.means, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_select_k_by_bic_finds_three_blobs_and_uses_sample_weight(x64):
     """Three blobs of weight 1 and a fourth, far away, of weight 0: the choice is 3, and the
     BIC is scikit-learn's on the weighted points alone (the BIC used to ignore the weights)."""
@@ -474,6 +482,7 @@ def test_bic_aic_with_integer_weights_equal_repeated_points(x64):
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
+@pytest.mark.slow
 def test_zero_weight_points_drop_out_of_score_bic_aic(covariance_type):
     """A point of weight 0 whose ``log p(x_n)`` is -inf (float32 overflow) is left out of
     ``score``, ``bic`` and ``aic`` as ``e_step`` leaves it out (it used to give NaN)."""
@@ -502,6 +511,7 @@ def test_zero_weight_points_drop_out_of_score_bic_aic(covariance_type):
         assert rel_err(got, ref) < 1e-5
 
 
+@pytest.mark.slow
 def test_min_variance_floors_diagonal():
     x = blobs(n_per=50, dtype=np.float32) * 0.01
     for ct in ("full", "spherical"):
@@ -557,6 +567,7 @@ DEGENERATE_RUNS = [
 
 
 @pytest.mark.parametrize(("case", "covariance_type", "init"), DEGENERATE_RUNS)
+@pytest.mark.slow
 def test_degenerate_inputs_stay_finite(case, covariance_type, init):
     x = DEGENERATE[case].astype(np.float32)
     res = gmm.fit(
@@ -653,6 +664,7 @@ def _fit_temp_bytes(n, d, k, chunk, covariance_type, init):
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
+@pytest.mark.slow
 def test_fit_memory_is_bounded_by_the_chunk_not_n(covariance_type, monkeypatch):
     """Independent check of the chunked passes: XLA's own buffer assignment. With the chunk
     fixed and the responsibilities recomputed per chunk (above ``KEEP_RESP_ELEMENTS``), 4x the
@@ -667,6 +679,7 @@ def test_fit_memory_is_bounded_by_the_chunk_not_n(covariance_type, monkeypatch):
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
+@pytest.mark.slow
 def test_fit_keeps_only_n_by_k_responsibilities_below_the_budget(covariance_type):
     """Below the budget the kept responsibilities are the only per-row temporaries: the growth
     from 2^16 to 2^18 rows is about ``4 k`` bytes a row, far below a copy of ``x`` (``4 d``)."""

@@ -391,6 +391,7 @@ def _fit_temp_bytes(n, d, k, chunk, init):
 
 
 @pytest.mark.parametrize("init", ["k-means++", "random"])
+@pytest.mark.slow
 def test_fit_memory_has_no_copy_of_x(init):
     """XLA's own buffer assignment: with the chunk fixed, 4x the rows adds only the O(n)
     labels / distances / k-means++ candidate rows, far less than a centred or padded copy of

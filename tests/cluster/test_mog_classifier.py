@@ -36,6 +36,7 @@ def _data(sizes, d=3, seed=0):
 
 
 @pytest.mark.parametrize("covariance_type", ["diag", "full"])
+@pytest.mark.slow
 def test_k1_is_the_class_mean_and_covariance(covariance_type):
     # One component per class: EM's answer is the class's MLE Gaussian in closed form, so
     # this also checks that the padding rows of the smaller classes carry no weight.
@@ -54,6 +55,7 @@ def test_k1_is_the_class_mean_and_covariance(covariance_type):
 
 
 @pytest.mark.parametrize("covariance_type", ["diag", "full"])
+@pytest.mark.slow
 def test_each_class_fit_is_an_em_fixed_point_of_that_class_alone(covariance_type):
     # Starting scikit-learn's EM on class c alone from our fitted parameters, one more
     # iteration must not move them: padding or other classes leaking in would.
@@ -80,6 +82,7 @@ def test_each_class_fit_is_an_em_fixed_point_of_that_class_alone(covariance_type
         np.testing.assert_allclose(float(model.log_likelihood[c]), sk.score(x[y == c]), rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_balanced_classes_equal_separate_gmm_fits():
     # With equal class sizes there is no padding: each class's fit is exactly gmm.fit on
     # that class with the class's split key.
@@ -102,6 +105,7 @@ def diag_model():
         return mc.fit(jax.random.key(0), x, y, 3, 2, covariance_type="diag"), x
 
 
+@pytest.mark.slow
 def test_bayes_rule_matches_scipy(diag_model):
     model, _ = diag_model
     covariance_type = "diag"
@@ -127,6 +131,7 @@ def test_bayes_rule_matches_scipy(diag_model):
 
 
 @pytest.mark.parametrize("mode", ["jit", "vmap"])
+@pytest.mark.slow
 def test_predict_under_jit_and_vmap(mode, diag_model):
     model, x = diag_model
     eager = np.asarray(mc.predict_proba(model, x))

@@ -351,6 +351,7 @@ def test_cifar_hostile_batches_are_value_errors_naming_the_file(isolated):
             load("cifar10", "test", data_dir=root, download=False)
 
 
+@pytest.mark.slow
 def test_gzip_bomb_is_refused_after_reading_what_the_header_declares(tmp_path):
     """A 1 MiB .gz whose header claims 4 images but that inflates to 256 MiB: the reader stops
     one byte past the 3,136 declared bytes, so its memory does not grow with the payload."""

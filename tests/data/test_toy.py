@@ -30,6 +30,7 @@ def test_blobs_shapes_balance_determinism():
     assert not np.allclose(x, x3)
 
 
+@pytest.mark.slow
 def test_blobs_law_centres_in_box_and_std():
     keys = jax.random.split(KEY, 64)
     xs, ys, cs = jax.vmap(lambda k: toy.blobs(k, 2000, 4, cluster_std=0.6))(keys)

@@ -16,6 +16,7 @@ SCHEMA = {
 }
 
 
+@pytest.mark.slow
 def test_quick_run_writes_metrics_and_figures(tmp_path):
     out = tmp_path / "e1"
     assert cli_main(gmm_vs_kmeans, ["--quick", "--out", str(out), "--quiet"]) == 0
@@ -54,6 +55,7 @@ def test_bad_option_is_an_error():
     assert cli_main(gmm_vs_kmeans, ["--restarts", "0", "--quick"]) == 2
 
 
+@pytest.mark.slow
 def test_restarts_keep_the_best_start_and_the_single_run():
     """fit_seeds with R restarts against R separate single-start calls (the reference)."""
     x, y, _ = toy.blobs(jax.random.key(0), 300, 4, cluster_std=1.5)

@@ -23,6 +23,7 @@ def quick_run(tmp_path_factory):
     return execute(exp, config)
 
 
+@pytest.mark.slow
 def test_metrics_keys_and_tolerances(quick_run):
     metrics, run_dir = quick_run
     saved = json.loads(run_dir.file("metrics.json").read_text())
@@ -35,6 +36,7 @@ def test_metrics_keys_and_tolerances(quick_run):
     assert "passes" in run_dir.file("report.md").read_text()
 
 
+@pytest.mark.slow
 def test_table_has_every_parameter_leaf(quick_run):
     metrics, _ = quick_run
     seed = {m.name: m for m in models.seed_models()}
@@ -52,6 +54,7 @@ def test_table_has_every_parameter_leaf(quick_run):
         assert row["probed"] >= 1
 
 
+@pytest.mark.slow
 def test_seed001_matches_report_order_of_magnitude(quick_run):
     # Seed 001's checker prints W1 6.3e-9, b1 1.3e-9, W2 3.4e-9, b2 3.9e-11 on the same toy
     # problem; float64 central differences (step 1e-5, per-entry ratio) land within 10×.

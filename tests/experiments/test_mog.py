@@ -10,6 +10,7 @@ from mljax.experiment import cli_main
 
 
 @pytest.mark.realdata("fashion_mnist")
+@pytest.mark.slow
 def test_quick_run_writes_metrics_and_figures(tmp_path):
     out = tmp_path / "e9"
     assert cli_main(mog, ["--quick", "--out", str(out), "--quiet"]) == 0

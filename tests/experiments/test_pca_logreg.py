@@ -11,6 +11,7 @@ from mljax.experiment import cli_main
 
 
 @pytest.mark.realdata("fashion_mnist")
+@pytest.mark.slow
 def test_quick_run_writes_metrics_and_figures(tmp_path):
     out = tmp_path / "e7"
     assert cli_main(pca_logreg, ["--quick", "--out", str(out), "--quiet"]) == 0

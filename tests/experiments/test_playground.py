@@ -51,6 +51,7 @@ def test_masked_features_equal_selected_features():
 
 
 @pytest.mark.parametrize("activation", pg.ACTIVATIONS)
+@pytest.mark.slow
 def test_playground_task_equals_the_fixed_activation_network(activation):
     """The activation chosen by the code column: same init, outputs and gradients as
     layer_task(network(hidden, activation)) on the seven features."""
@@ -102,6 +103,7 @@ def test_bad_config(kwargs, match):
         pg.Config(**kwargs).validate()
 
 
+@pytest.mark.slow
 def test_quick_run(tmp_path, monkeypatch):
     # The sigmoid cells of quick mode (two compiled groups) keep the smoke test short;
     # `reproduce --quick` runs the whole quick grid.

@@ -31,6 +31,7 @@ def test_help_works_for_every_registered_experiment(info, capsys):
         assert "--" + field.name.replace("_", "-") in out, f"{field.name} not in --help"
 
 
+@pytest.mark.slow
 def test_module_entry_point_prints_help():
     name = experiments.REGISTRY[0].name
     out = subprocess.run(

@@ -25,6 +25,7 @@ def quick_run(tmp_path_factory):
     return metrics, run_dir
 
 
+@pytest.mark.slow
 def test_delta_table_matches_report_to_printed_precision(quick_run):
     metrics, _ = quick_run
     assert len(metrics["deltas"]) == 2
@@ -62,6 +63,7 @@ def test_delta_table_is_the_chain_rule():
         assert row["a5"] == row["z5"] == row["x"]
 
 
+@pytest.mark.slow
 def test_gradcheck_swapped_fails_correct_passes(quick_run):
     metrics, _ = quick_run
     assert metrics["gradcheck_correct_max_rel_err"] <= 1e-10
@@ -73,6 +75,7 @@ def test_gradcheck_swapped_fails_correct_passes(quick_run):
     assert min(table.values()) <= 1e-10
 
 
+@pytest.mark.slow
 def test_report_backward_pass_against_jax_grad():
     with jax.enable_x64(True):
         key = jax.random.key(3)
@@ -103,6 +106,7 @@ def test_numpy_port_of_swapped_call_rejects_shapes():
     assert x.shape == (11, 1)
 
 
+@pytest.mark.slow
 def test_training_metrics(quick_run):
     metrics, run_dir = quick_run
     assert metrics["n_seeds"] == SEEDS

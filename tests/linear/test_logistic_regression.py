@@ -40,6 +40,7 @@ PARITY_CASES = [
 
 
 @pytest.mark.parametrize("name,n,d,k,C,weighted", PARITY_CASES, ids=[c[0] for c in PARITY_CASES])
+@pytest.mark.slow
 def test_parity_with_sklearn_lbfgs(x64, name, n, d, k, C, weighted):
     x, y = _data(n, d, k, seed=len(name))
     sw = np.random.default_rng(1).uniform(0.0, 3.0, n) if weighted else None
@@ -54,6 +55,7 @@ def test_parity_with_sklearn_lbfgs(x64, name, n, d, k, C, weighted):
     np.testing.assert_allclose(float(lr.score(ours, x, y)), sk.score(x, y), atol=1e-12)
 
 
+@pytest.mark.slow
 def test_objective_and_gradient_against_closed_form(x64):
     """J = ½‖W‖² + C Σ s CE, and its gradient from jax.grad vanishes at the solution."""
     x, y = _data(200, 5, 3, seed=3)
@@ -71,6 +73,7 @@ def test_objective_and_gradient_against_closed_form(x64):
     assert bool(m.converged) or float(m.grad_max) < 1e-7
 
 
+@pytest.mark.slow
 def test_zero_weights_equal_dropping_rows(x64):
     x, y = _data(300, 6, 3, seed=5)
     keep = np.random.default_rng(0).uniform(size=300) < 0.7
@@ -89,6 +92,7 @@ def test_feature_mask_equals_fit_on_the_kept_columns(x64):
     np.testing.assert_allclose(np.asarray(masked.coef)[:, mask > 0], sub.coef, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_float32_default():
     x, y = _data(400, 10, 4, seed=7)
     ours = lr.fit(x.astype(np.float32), y)
@@ -108,6 +112,7 @@ class TestVariants(chex.TestCase):
         fn = self.variant(lambda x, y: lr.score(lr.fit(x, y, C=0.5, n_classes=3), x, y))
         np.testing.assert_allclose(float(fn(x, y)), sk.score(x, y), atol=0.01)
 
+    @pytest.mark.slow
     def test_vmap_over_C_and_weights_equals_single_fits(self):
         with jax.enable_x64(True):
             x, y = _data(200, 6, 3, seed=10)
@@ -137,6 +142,7 @@ class TestVariants(chex.TestCase):
 
 @pytest.mark.slow
 @pytest.mark.realdata("fashion_mnist")
+@pytest.mark.slow
 def test_parity_on_fashion_mnist_float32():
     """Issue #11: objective within 1e-4 relative of scikit-learn's at convergence, test
     predictions agreeing on >= 99.5 % of images, accuracy within 0.2 points (float32 ours,

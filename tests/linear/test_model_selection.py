@@ -43,6 +43,7 @@ def test_stratified_folds_are_balanced_and_random(n_folds):
     assert np.any(f != other)
 
 
+@pytest.mark.slow
 def test_cross_validate_equals_sklearn_on_the_same_folds(x64):
     x, y = _data(300, 10, 3, seed=1)
     folds = ms.stratified_kfold(jax.random.key(2), y, 4)
@@ -78,6 +79,7 @@ def test_generic_cross_validate_with_a_closed_form_model(x64):
         np.testing.assert_allclose(res.models[f], means, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_pca_size_sweep_equals_separate_pca_fits(x64):
     x, y = _data(300, 12, 3, seed=5)
     folds = ms.stratified_kfold(jax.random.key(3), y, 3)

@@ -181,6 +181,7 @@ def test_dropout_and_batchnorm_train_and_eval(case, train):
     _assert_matches(layers, shape, train=train)
 
 
+@pytest.mark.slow
 def test_batchnorm_running_stats_match_flax():
     layers = (Dense(5, use_bias=False), BatchNorm(momentum=0.7), Activation("relu"), Dense(2))
     model, variables, x, y = _setup(layers, (9, 3))
@@ -217,6 +218,7 @@ def test_penalties_match_jax_grad(l1, l2, reg):
     _assert_matches(layers, (4, 5, 5, 1), l1=l1, l2=l2, reg=reg, train=True)
 
 
+@pytest.mark.slow
 def test_l2_is_half_of_reg():
     """l2 = (λ/2)‖W‖² (gradient λW) and reg = λ‖W‖² (gradient 2λW): l2=2λ equals reg=λ."""
     layers = (Dense(4), Activation("tanh"), Dense(3))
@@ -250,6 +252,7 @@ def test_l2_is_half_of_reg():
     act=st.sampled_from(["relu", "sigmoid", "tanh", "identity"]),
     seed=st.integers(0, 2**16),
 )
+@pytest.mark.slow
 def test_random_conv_stacks_match_jax_grad(
     n,
     hw,
@@ -287,6 +290,7 @@ def test_random_conv_stacks_match_jax_grad(
     loss=st.sampled_from(sorted(LOSS_CASES)),
     seed=st.integers(0, 2**16),
 )
+@pytest.mark.slow
 def test_random_mlps_match_jax_grad(sizes, d_in, n, act, use_bias, loss, seed):
     layers = []
     for width in sizes:
@@ -318,6 +322,7 @@ def test_maxpool_ties_route_like_jax_grad():
 # ----------------------------------------------------------------------------- deltas
 
 
+@pytest.mark.slow
 def test_deltas_are_dloss_dpreactivation_and_input_grad():
     """Deltas equal jax.grad w.r.t. zero perturbations added to each pre-activation."""
     layers = (Dense(5), Activation("tanh"), Dense(4), Activation("sigmoid"), Dense(3))
@@ -409,6 +414,7 @@ SLOW_SEED_MODELS = ("seed003_cnn", "seed003_cnn_v2")  # 10^5-10^6 float64 conv w
         for n in _seed_models()
     ],
 )
+@pytest.mark.slow
 def test_seed_model_matches_jax_grad(name):
     """Each seed model in train mode (dropout masks, batch statistics), batch of 2, on the
     smallest image it accepts, reg λ = 0.01 (seed 001's λ‖W‖²).
@@ -480,6 +486,7 @@ class JitTest(chex.TestCase):
         self.enter_context(jax.enable_x64(True))
 
     @chex.variants(with_jit=True, without_jit=True)
+    @pytest.mark.slow
     def test_grads_match_jax_grad(self):
         model, variables, x, y = _setup(JV_LAYERS, (3, 9, 9, 2))
         grads = self.variant(lambda p, x, y, lam: backprop.grads(model, p, x, y, l2=lam))
@@ -527,6 +534,7 @@ class JitTest(chex.TestCase):
         chex.assert_trees_all_close((grads, dx), (ref_params, ref_x), rtol=1e-11, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_vmap_over_seeds_and_penalty():
     """vmap over stacked parameters and λ equals a loop of single calls and jax.grad."""
     model, _, x, y = _setup(JV_LAYERS, (3, 9, 9, 2))
@@ -544,6 +552,7 @@ def test_vmap_over_seeds_and_penalty():
         assert gradcheck.compare_trees(one, ref).max_rel_err <= TOL
 
 
+@pytest.mark.slow
 def test_vmap_over_examples():
     """vmap over single examples ([1, ...] each) gives the per-example gradients."""
     model, variables, x, y = _setup(JV_LAYERS, (4, 9, 9, 2))
@@ -576,6 +585,7 @@ def test_training_step_with_manual_grads_decreases_loss():
 # ----------------------------------------------------------------------------- a wrong rule fails
 
 
+@pytest.mark.slow
 def test_transposed_dense_rule_fails_the_check(monkeypatch):
     """A dense rule with dW = (xᵀg)ᵀ (square layers keep the shapes valid) must fail."""
     layers = (Dense(4), Activation("tanh"), Dense(4), Activation("tanh"), Dense(4))
@@ -597,6 +607,7 @@ def test_transposed_dense_rule_fails_the_check(monkeypatch):
     assert table.max_rel_err > 1e-2
 
 
+@pytest.mark.slow
 def test_unflipped_conv_input_rule_fails_the_check(monkeypatch):
     layers = (Conv(2, (3, 3)), Activation("tanh"), Conv(2, (3, 3)), Flatten(), Dense(3))
     model, variables, x, y = _setup(layers, (2, 5, 5, 2))

@@ -55,6 +55,7 @@ def _twolayer():
     return t, layers, params
 
 
+@pytest.mark.slow
 def test_seed001_toy_scores_loss_and_gradient_check():
     t, layers, params = _twolayer()
     res = backprop.grads(layers, params, t.x, t.y, reg=t.reg)
@@ -101,6 +102,7 @@ def test_seed001_toy_scores_loss_and_gradient_check():
     ],
     ids=["mlp", "cnn"],
 )
+@pytest.mark.slow
 def test_manual_vs_finite_differences(layers, shape):
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=shape))
@@ -119,6 +121,7 @@ def test_manual_vs_finite_differences(layers, shape):
     assert table.max_rel_err <= 1e-7, str(table)
 
 
+@pytest.mark.slow
 def test_wrong_gradient_fails_the_check():
     """Seed 002's bug in spirit: the right numbers in the wrong leaves must fail."""
     t, layers, params = _twolayer()

@@ -260,6 +260,7 @@ class CustomVjpTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters(*CONV_VJP_CASES)
+    @pytest.mark.slow
     def test_conv_matches_lax_grad(self, n, h, w, c, f, k, s, pad):
         """im2col / per-offset forward and kernel gradient and the transposed-conv input
         gradient = the lax conv and its jax.grad."""
@@ -279,6 +280,7 @@ class CustomVjpTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters(*MAXPOOL_VJP_CASES)
+    @pytest.mark.slow
     def test_maxpool_matches_select_and_scatter(self, shape, layer):
         rng = np.random.default_rng(shape[1] * 10 + shape[2])
         x = jnp.asarray(rng.normal(size=shape))
@@ -291,6 +293,7 @@ class CustomVjpTest(chex.TestCase):
         chex.assert_trees_all_close(ours, ref, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_conv_custom_vjp_under_vmap():
     rng = np.random.default_rng(7)
     xs = jnp.asarray(rng.normal(size=(3, 2, 6, 5, 2)))
@@ -304,6 +307,7 @@ def test_conv_custom_vjp_under_vmap():
     )
 
 
+@pytest.mark.slow
 def test_maxpool_custom_vjp_ties_and_vmap():
     """Ties (ReLU zeros, equal values) go to the first maximum, as select-and-scatter."""
     x = jnp.zeros((2, 4, 6, 2)).at[:, 2:, 2:4].set(1.0).at[1, 0, 0, 1].set(-0.0)

@@ -221,6 +221,7 @@ class ForwardVariantsTest(chex.TestCase):
         chex.assert_trees_all_close(out, _plain_tfd_cnn(params, x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_forward_vmapped_over_seeds_equals_loop():
     net = models.build(models.mlp((8,), 3, flatten=True))
     x = jax.random.normal(jax.random.key(0), (3, 4, 4, 1))

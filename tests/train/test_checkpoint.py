@@ -66,6 +66,7 @@ def _template():
     return loop.init_loop_state(task, cfg, data, hp, jax.random.key(ckpt_script.KEY))
 
 
+@pytest.mark.slow
 def test_interrupted_runs_resume_bit_for_bit(tmp_path):
     """Ctrl-C at step 9 (in process), resume in a subprocess SIGKILLed at step >= 21, resume
     to the end: parameters, history and best-epoch parameters equal an uninterrupted run."""
@@ -96,6 +97,7 @@ def _saved_step(ck: Path) -> int:
     return int(checkpoint.Checkpointer(ck).restore_or(_template()).train.step)
 
 
+@pytest.mark.slow
 def test_unfinished_save_is_ignored(tmp_path):
     """What a save killed half-way leaves (orbax's temporary directory) is never restored."""
     task, cfg, data, hp = ckpt_script.problem()
@@ -113,6 +115,7 @@ def test_unfinished_save_is_ignored(tmp_path):
     assert again.latest() == 0
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     task, cfg, data, hp = ckpt_script.problem()
     cfg1 = dataclasses.replace(cfg, epochs=1)

@@ -49,6 +49,7 @@ def test_learning_rate_that_is_no_scalar_is_refused(lr):
         _sweep(DATA, [member])
 
 
+@pytest.mark.slow
 def test_stacked_hyperparameters_still_sweep():
     """The sweep's own path passes [M] learning rates through vmap (no scalar check there)."""
     members = sweep.grid_members(1, {"learning_rate": [0.05, 0.2]})
@@ -119,6 +120,7 @@ def test_regression_targets_are_not_label_checked():
     labels=st.lists(st.integers(-3, 4), min_size=32, max_size=32),
     dtype=st.sampled_from(["int32", "int64", "uint8", "float32", "bool"]),
 )
+@pytest.mark.slow
 def test_property_labels_in_range_train_finite_else_valueerror(labels, dtype):
     y = np.asarray(labels)
     cfg = dataclasses.replace(CFG, epochs=1, monitor="train_loss")
@@ -155,6 +157,7 @@ def test_property_feature_shapes(d, rank):
 HUGE = loop.Hyper(learning_rate=1e6, momentum=0.0)
 
 
+@pytest.mark.slow
 def test_finite_exploding_loss_is_a_divergence():
     """Cross-entropy of a linear model with learning rate 1e6: losses of 1e5 and more, all
     finite; only the non-finite test let it run to the end with ``diverged = False``."""
@@ -177,6 +180,7 @@ def test_python_loop_flags_the_same_divergence():
     chex.assert_trees_all_close(res.params, scan.params, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_exploding_sweep_member_is_flagged_and_isolated():
     members = sweep.grid_members(2, {"learning_rate": [0.1, 1e6]}, base=HUGE)
     res = _sweep(DATA, members)
@@ -217,6 +221,7 @@ def test_divergence_factor_is_checked(factor):
         st.lists(st.floats(0.01, 1.0), min_size=1, max_size=2).map(np.asarray),
     )
 )
+@pytest.mark.slow
 def test_property_learning_rate(lr):
     """A ValueError naming ``learning_rate``, or a run whose parameters are finite and whose
     losses are finite and bounded unless it is flagged as diverged."""

@@ -34,6 +34,7 @@ OPTAX_REFERENCE = {
 
 
 @pytest.mark.parametrize("optimizer", list(OPTAX_REFERENCE))
+@pytest.mark.slow
 def test_full_batch_steps_match_plain_optax_with_penalties(optimizer):
     """3 full-batch steps with L1 + L2 equal optax on jax.grad of loss + penalty."""
     lr, m, l1, l2 = 0.1, 0.8, 0.01, 0.02
@@ -57,6 +58,7 @@ def test_full_batch_steps_match_plain_optax_with_penalties(optimizer):
     _tree_close(res.params, params, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_decoupled_weight_decay_matches_optax_adamw():
     cfg = loop.TrainConfig(epochs=2, batch_size=32, optimizer="adam", eval_train=False)
     hp = loop.Hyper(learning_rate=0.05, momentum=0.9, weight_decay=0.1)
@@ -84,6 +86,7 @@ def test_decoupled_weight_decay_matches_optax_adamw():
         ("cosine", lambda s: 0.5 * (1 + np.cos(np.pi * np.minimum(s, 16) / 16))),
     ],
 )
+@pytest.mark.slow
 def test_schedules_scale_the_base_rate(schedule, reference):
     cfg = loop.TrainConfig(
         epochs=4,
@@ -102,6 +105,7 @@ MLP = tasks.layer_task((Dense(8), BatchNorm(), Activation("relu"), Dropout(0.3),
 MLP_CFG = loop.TrainConfig(epochs=2, batch_size=8, optimizer="momentum", patience=10)
 
 
+@pytest.mark.slow
 def test_scan_and_python_strategies_agree():
     hp = loop.Hyper(learning_rate=0.1, l2=1e-3)
     a = loop.train(MLP, MLP_CFG, DATA, hp, key=jax.random.key(5))
@@ -126,6 +130,7 @@ def test_auto_strategy_picks_python_for_convolutions():
     assert loop.pick_strategy(conv, loop.TrainConfig(strategy="scan")) == "scan"
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_are_carried():
     """One full-batch step: running mean = 0.9·0 + 0.1·batch mean of the Dense output."""
     task = tasks.layer_task((Dense(4), BatchNorm(momentum=0.9), Dense(2)), (1, 3))
@@ -139,6 +144,7 @@ def test_batch_norm_statistics_are_carried():
     )
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_epoch_and_params():
     """Validation labels flipped: val loss rises while training, so epoch 0 is best."""
     data = loop.Data(X[:32], Y[:32], X[:32], 1 - Y[:32])
@@ -158,6 +164,7 @@ def test_early_stopping_keeps_the_best_epoch_and_params():
     _tree_close(res.best_params, one.params, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_divergence_freezes_and_flags():
     task = tasks.layer_task(
         (Dense(8), Activation("relu"), Dense(1)), (1, 3), loss="mean_squared_error"
@@ -216,6 +223,7 @@ def test_bad_sizes_and_monitor_are_value_errors():
         tasks.layer_task((Dense(2),), (1, 3), loss="hinge")
 
 
+@pytest.mark.slow
 def test_per_example_losses_match_nn_batch_losses():
     from mljax.nn import losses
 
@@ -243,6 +251,7 @@ def test_per_example_losses_match_nn_batch_losses():
     ],
     ids=["dropout-ce", "playground-mse"],
 )
+@pytest.mark.slow
 def test_manual_and_autodiff_grad_sources_train_alike(layers, loss):
     """Same dropout masks, same data order: the two gradient sources give the same run."""
     task = tasks.layer_task(layers, (1, 3), loss=loss)
@@ -260,6 +269,7 @@ def test_manual_and_autodiff_grad_sources_train_alike(layers, loss):
     _tree_close(auto.history, manual.history, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_manual_and_autodiff_gradients_agree_under_a_traced_dropout_rate(x64):
     """dropout_from_hyper: both gradient sources read the vmapped, traced Hyper.dropout_rate."""
     layers = (Dense(6), Activation("tanh"), Dropout(0.0), Dense(4), Dropout(0.0), Dense(2))
@@ -296,6 +306,7 @@ def test_manual_and_autodiff_gradients_agree_under_a_traced_dropout_rate(x64):
     assert not np.allclose(k[1], k[0]) and not np.allclose(k[2], k[1])
 
 
+@pytest.mark.slow
 def test_make_train_is_pure_and_compiles_once_for_every_batch_of_members():
     """The caller owns jit(vmap(make_train(...))): one trace serves every batch of members of
     the same shapes, and each member equals loop.train with its own key and hyperparameters."""
@@ -334,6 +345,7 @@ def _count_train_steps(task, n):
     return dataclasses.replace(task, apply=apply)
 
 
+@pytest.mark.slow
 def test_python_loop_compiles_the_step_once_across_epochs_and_runs():
     """The Python loop traces its step once: not per epoch, nor per call with the same task,
     config and data shapes (the bounded LRU cache), whatever the hyperparameters and key."""

@@ -40,6 +40,7 @@ def with_divergent():
     return members, sweep.sweep(TASK, CFG, DATA, members, devices=None)
 
 
+@pytest.mark.slow
 def test_divergent_members_are_frozen_and_others_bit_identical(with_divergent):
     members, res = with_divergent
     assert res.strategy == "vmap"
@@ -62,6 +63,7 @@ def test_divergent_members_are_frozen_and_others_bit_identical(with_divergent):
         )
 
 
+@pytest.mark.slow
 def test_chunking_gives_the_same_results(with_divergent):
     members, res = with_divergent
     chunked = sweep.sweep(TASK, CFG, DATA, members, chunk_size=5, devices=None)
@@ -69,6 +71,7 @@ def test_chunking_gives_the_same_results(with_divergent):
     np.testing.assert_array_equal(res.best_epoch, chunked.best_epoch)
 
 
+@pytest.mark.slow
 def test_tidy_rows(with_divergent):
     members, res = with_divergent
     assert len(res.rows) == len(members) == 12
@@ -80,6 +83,7 @@ def test_tidy_rows(with_divergent):
     assert row["diverged"] == bool(res.diverged[5])
 
 
+@pytest.mark.slow
 def test_same_shape_datasets_are_swept_as_traced_data():
     other = loop.Data(-X[:40], Y[:40], -X[40:], Y[40:])
     members = sweep.grid_members([0, 1], data_indices=(0, 1), base=loop.Hyper(learning_rate=0.1))
@@ -106,6 +110,7 @@ def dropout_sweep():
     return members, sweep.sweep(DROP_TASK, DROP_CFG, DATA, members, devices=None)
 
 
+@pytest.mark.slow
 def test_dropout_rate_sweep_equals_each_rate_alone(dropout_sweep):
     """Traced, vmapped dropout rates: every member equals its own single run bit for bit."""
     members, res = dropout_sweep
@@ -125,6 +130,7 @@ def test_dropout_rate_sweep_equals_each_rate_alone(dropout_sweep):
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.3])
+@pytest.mark.slow
 def test_traced_dropout_rate_equals_the_static_rate(dropout_sweep, rate):
     """Rate 0 is no dropout (a static Dropout(0.0) is inactive); 0.3 equals Dropout(0.3)."""
     members, res = dropout_sweep
@@ -138,6 +144,7 @@ def test_traced_dropout_rate_equals_the_static_rate(dropout_sweep, rate):
         np.testing.assert_allclose(np.asarray(u)[i], np.asarray(v), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_sequential_strategy_agrees_with_vmap(with_divergent):
     """The Python loop per member (strategy "sequential") gives the vmapped members' runs."""
     members, vm = with_divergent
@@ -252,6 +259,7 @@ SHARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_sweep_equals_one_device(with_divergent, tmp_path):
     """The with_divergent sweep on 4 simulated CPU devices (a subprocess: the device count is
     fixed when JAX starts) equals it on one device, bit for bit."""
@@ -290,6 +298,7 @@ def _count_train_steps(task, n):
     return dataclasses.replace(task, apply=apply)
 
 
+@pytest.mark.slow
 def test_vmapped_members_compile_once_across_chunks_and_calls():
     """Two chunks of two members, then a second sweep: the member program is traced once."""
     counting = _count_train_steps(TASK, n=1)
@@ -300,6 +309,7 @@ def test_vmapped_members_compile_once_across_chunks_and_calls():
     _equal(jax.tree.map(lambda a: a[:2], res.params), again.params)
 
 
+@pytest.mark.slow
 def test_sequential_members_reuse_the_compiled_step():
     """The Python loop's step is traced (hence compiled) once, not once per member; an equal
     task (same functions) reuses it, a task with other functions compiles its own."""
@@ -385,6 +395,7 @@ def test_group_stats_of_a_scalar_match_manual_grouping(by, ddof):
 
 
 @pytest.mark.parametrize("ddof", [0, 1])
+@pytest.mark.slow
 def test_group_stats_of_history_curves_are_nan_aware(with_divergent, ddof):
     """Per epoch over seeds and l2; diverged members (NaN after their stop) drop out."""
     members, res = with_divergent
@@ -407,6 +418,7 @@ def test_group_stats_of_history_curves_are_nan_aware(with_divergent, ddof):
     assert len(final.keys) == 6 and np.all(final.size == 2)
 
 
+@pytest.mark.slow
 def test_curves_with_bands_draws_group_stats(with_divergent):
     import matplotlib
 

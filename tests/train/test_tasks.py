@@ -33,6 +33,7 @@ def test_squared_error_per_example_sums_and_means_to_the_nn_losses():
 
 
 @pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mean_squared_error"])
+@pytest.mark.slow
 def test_manual_grad_is_jax_grad_of_the_task_loss(x64, loss):
     """manual_grad (dropout masks, batch statistics) = jax.grad of the mean per-example loss
     through task.apply with the same rng; the updated statistics agree too."""
