@@ -168,8 +168,6 @@ def start(
         return None
     if not lost_after_s > 0:
         raise ValueError(f"lost_after_s must be > 0, got {lost_after_s!r}")
-    # Only the CPU client reads this; GPU and TPU hosts keep their own collectives.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     where = "the cluster environment" if distributed else f"coordinator {coordinator}"
     try:
         jax.distributed.initialize(
@@ -188,6 +186,9 @@ def start(
             else ""
         )
         raise ValueError(f"could not join the run through {where}: {e}{hint}") from e
+    # Read when the CPU backend starts (below, at the latest): GPU and TPU hosts keep their
+    # own collectives. Set only once the run is joined, so a failed start changes nothing.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     from jax._src import distributed as jax_distributed  # the client is not public API
 
     cluster = Cluster(

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -76,6 +77,17 @@ def test_good_cluster_options_pass():
     distributed.check_options("10.0.0.1:29500", 4, 3)
     assert distributed.start() is None  # nothing set: one process, nothing started
     assert distributed.is_main_process()
+
+
+def test_start_without_a_cluster_is_a_value_error(monkeypatch):
+    """--distributed outside any cluster environment (and, here, after JAX has started)."""
+    for var in ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "JAX_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    before = jax.config.jax_cpu_collectives_implementation
+    with pytest.raises(ValueError, match="could not join the run through the cluster"):
+        distributed.start(distributed=True)
+    assert jax.config.jax_cpu_collectives_implementation == before
+    assert not jax.distributed.is_initialized()
 
 
 def test_cluster_options_on_every_command_line(tmp_path, capsys):
