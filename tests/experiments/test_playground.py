@@ -215,3 +215,54 @@ def test_xor_note_counts_the_stuck_seeds_it_measured():
     some_stuck = pg.report_notes(metrics(0.25))
     assert "25% of our 8 initialisations stay on it" in some_stuck
     assert "all leave it" not in some_stuck and "none of 8" not in some_stuck
+
+
+def _same_metrics(one, two, path="") -> None:
+    """Equal JSON trees, except the wall time (not compared) and train-set losses: those
+    agree to rtol 1e-6. On one device XLA compiles the sweep for all members at once, on
+    two devices (or processes) for half of them each, and may then sum the 140 training
+    points' losses in another order (two processes equal two simulated devices of one
+    process bit for bit); the parameters, and every test loss computed from them, are equal."""
+    if isinstance(one, dict):
+        assert set(one) == set(two), path
+        for k in one:
+            if k != "wall_time_s":
+                _same_metrics(one[k], two[k], f"{path}/{k}")
+    elif isinstance(one, list):
+        assert len(one) == len(two), path
+        for i, (a, b) in enumerate(zip(one, two, strict=True)):
+            _same_metrics(a, b, f"{path}[{i}]")
+    elif "train_loss" in path and isinstance(one, float):
+        assert two == pytest.approx(one, rel=1e-6), path
+    else:
+        assert one == two, path
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_metrics(tmp_path, launch, free_port, cluster_options):
+    """`python -m experiments.playground --quick` (one seed, 20 epochs) as two processes on
+    127.0.0.1 writes the metrics.json of the same run in one process; process 1 writes
+    nothing."""
+    argv = ["--quick", "--seeds", "1", "--epochs", "20", "--quiet"]
+    procs = [
+        launch(
+            [
+                "-m",
+                "experiments.playground",
+                *argv,
+                "--out",
+                tmp_path / f"p{i}",
+                *cluster_options(free_port, 2, i),
+            ],
+            f"p{i}",
+        )
+        for i in range(2)
+    ]
+    config = pg.Config(quick=True, seeds=1, epochs=20, quiet=True, out=str(tmp_path / "one"))
+    one, _ = execute(pg, config)  # meanwhile, here, on one device
+    for p in procs:
+        assert p.wait(300) == 0, p.output()[-3000:]
+    assert not (tmp_path / "p1").exists()
+    two = json.loads((tmp_path / "p0" / "metrics.json").read_text())
+    _same_metrics(json.loads((tmp_path / "one" / "metrics.json").read_text()), two)
+    assert two["_meta"]["members"] == one["_meta"]["members"]
