@@ -140,32 +140,38 @@ def render(outcomes: Sequence[Outcome], config: Config, total_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_all(config: Config) -> list[Outcome] | None:
-    """Every selected experiment in turn; REPORT.md rewritten after each (process 0 only).
-    Returns the outcomes, or None when interrupted (Ctrl-C, or a lost process)."""
+def run_all(config: Config) -> list[Outcome]:
+    """Every selected experiment in turn; REPORT.md rewritten after each. In a
+    multi-process run only process 0 writes it and prints the progress lines.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C, or a lost process; the report keeps what was done.
+    """
     infos = [i for i in experiments.REGISTRY if not config.only or i.name in config.only]
-    writes = is_main_process()
+    main = is_main_process()
     outcomes: list[Outcome] = []
     start = time.perf_counter()
     report_path = Path(config.out) / "REPORT.md"
     try:
         for info in infos:
-            print(f"[{len(outcomes) + 1}/{len(infos)}] {info.name} ...", flush=True)
+            if main:
+                print(f"[{len(outcomes) + 1}/{len(infos)}] {info.name} ...", flush=True)
             outcome = run_one(info, config)
             outcomes.append(outcome)
+            if not main:
+                continue
             print(
                 f"    {outcome.status} in {outcome.seconds:.1f} s"
                 + (f": {outcome.reason}" if outcome.reason else ""),
                 flush=True,
             )
-            if writes:  # rewritten after every experiment: Ctrl-C keeps what is done so far
-                atomic_write_text(
-                    report_path, render(outcomes, config, time.perf_counter() - start)
-                )
+            # Rewritten after every experiment: Ctrl-C keeps what is done so far.
+            atomic_write_text(report_path, render(outcomes, config, time.perf_counter() - start))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; partial report at {report_path}", file=sys.stderr)
+        if main:
+            print(f"\ninterrupted; partial report at {report_path}", file=sys.stderr)
         raise
-    if writes:
+    if main:
         atomic_write_text(report_path, render(outcomes, config, time.perf_counter() - start))
         print(f"report written to {report_path}")
     return outcomes
