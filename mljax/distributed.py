@@ -240,17 +240,23 @@ class Cluster:
         return dict(self._client.key_value_dir_get(PREFIX))
 
     def _watch(self) -> None:
-        beat = 0
+        beat, failing_since = 0, None
         while not self._stop.wait(BEAT_S):
             beat += 1
             try:
                 self._client.key_value_set(f"{PREFIX}alive/{self.process_id}", str(beat), True)
                 entries = self._entries()
-            except Exception as e:  # the coordinator's store is gone with process 0
+            except Exception as e:  # the store is unreachable: process 0 gone, or a hiccup
                 if self._stop.is_set():
                     return
-                self._declare(f"lost the coordinator (process 0 of {self.num_processes}): {e}")
-                return
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since > self._lost_after_s:
+                    n = self.num_processes
+                    self._declare(f"lost the coordinator (process 0 of {n}): {e}")
+                    return
+                continue
+            failing_since = None
             verdict = self._judge(entries, time.monotonic())
             if verdict is not None:
                 self._declare(verdict)

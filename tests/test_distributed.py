@@ -210,7 +210,7 @@ def test_two_processes_equal_one_process_and_four_devices(
         {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
     )
     for p in (*procs, four):
-        assert p.wait(RUN_S) == 0, p.output()[-3000:]
+        assert p.wait(RUN_S) == 0, "\n".join(q.output()[-3000:] for q in (*procs, four))
     assert not out[1].exists()  # only process 0 writes
     assert json.loads((out[0] / "metrics.json").read_text())["devices"] == 2
     assert json.loads((tmp_path / "four" / "metrics.json").read_text())["devices"] == 4

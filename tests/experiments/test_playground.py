@@ -275,7 +275,7 @@ def test_two_processes_give_the_one_process_metrics(
     monkeypatch.setattr(sweep, "sweep", in_halves)
     execute(pg, dataclasses.replace(config, out=str(tmp_path / "halves")))
     for p in procs:
-        assert p.wait(300) == 0, p.output()[-3000:]
+        assert p.wait(300) == 0, "\n".join(q.output()[-3000:] for q in procs)
     assert not (tmp_path / "p1").exists()
     two = json.loads((tmp_path / "p0" / "metrics.json").read_text())
     _same_metrics(json.loads((tmp_path / "halves" / "metrics.json").read_text()), two)
