@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mljax import metrics as mx
-from mljax import plots
 from mljax.cluster import gmm, kmeans
 from mljax.config import CommonConfig
 from mljax.data import toy
@@ -205,7 +204,7 @@ def _figures(x, runs, run_dir):
         _ellipses(ax, p.means[i], p.covariances[i], "k")
         ax.set_title(f"GMM, k = {k}: 1σ and 2σ ellipses (best log-lik.)")
         ax.set_aspect("equal")
-    plots.save_figure(fig, run_dir.file("gmm_ellipses.png"))
+    run_dir.write_figure(fig, "gmm_ellipses.png")
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 9))
     for row, k in enumerate(KS):
@@ -222,7 +221,7 @@ def _figures(x, runs, run_dir):
             ax.set_title(f"{name}, k = {k} (ARI {ari:.3f}, best objective)")
             ax.set_aspect("equal")
         axes[row, 1].plot(*r["km_centroids"][ik].T, "kx", ms=10)
-    plots.save_figure(fig, run_dir.file("assignments.png"))
+    run_dir.write_figure(fig, "assignments.png")
 
 
 def report_rows(metrics: dict) -> list[ReportRow]:

@@ -37,7 +37,6 @@ from mljax.experiment import ReportRow, cli_main, markdown_table
 from mljax.nn import backprop, gradcheck, losses, models
 from mljax.nn import layers as layers_lib
 from mljax.progress import progress
-from mljax.results import atomic_write_text
 
 NAME = "gradcheck"
 
@@ -317,7 +316,7 @@ def run(config: Config, run_dir) -> dict:
             table += check_case(case, k_probe, config)
             seconds[model.name] = time.perf_counter() - start
     text = format_table(table)
-    atomic_write_text(run_dir.file("gradcheck_table.md"), text + "\n")
+    run_dir.write_text("gradcheck_table.md", text + "\n")
     if not config.quiet:
         print(text)
     worst_auto = max(r["manual_vs_autodiff"] for r in table)

@@ -209,7 +209,7 @@ def _init_figure(study, run_dir):
     ax.set_ylabel("mean log-likelihood per image")
     ax.set_title("Diagonal MoG, K = 7: initialisations (mean ± std over restarts)")
     ax.legend()
-    plots.save_figure(fig, run_dir.file("init_loglik.png"))
+    run_dir.write_figure(fig, "init_loglik.png")
 
 
 def _classifier_figure(ks, errors, run_dir):
@@ -222,7 +222,7 @@ def _classifier_figure(ks, errors, run_dir):
     ax.set_ylabel("error rate")
     ax.set_title("MoG classifier on Fashion-MNIST")
     ax.legend()
-    plots.save_figure(fig, run_dir.file("classifier_error.png"))
+    run_dir.write_figure(fig, "classifier_error.png")
 
 
 def report_rows(metrics: dict) -> list[ReportRow]:

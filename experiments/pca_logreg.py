@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mljax import metrics as mx
-from mljax import plots
 from mljax.cluster import kmeans
 from mljax.config import CommonConfig
 from mljax.data import images
@@ -257,7 +256,7 @@ def _scatter_figure(z, y, clusters, ari, run_dir):
     axes[0].set_ylabel("PC 2")
     fig.suptitle("Fashion-MNIST test set, PCA(2) + k-means (k = 10)")
     fig.colorbar(sc, ax=axes, shrink=0.8, label="label")
-    plots.save_figure(fig, run_dir.file("pca2_kmeans.png"))
+    run_dir.write_figure(fig, "pca2_kmeans.png")
 
 
 def _accuracy_figure(sizes, cv, run_dir):
@@ -277,7 +276,7 @@ def _accuracy_figure(sizes, cv, run_dir):
     ax.set_ylabel("accuracy")
     ax.set_title("PCA + logistic regression, Fashion-MNIST")
     ax.legend()
-    plots.save_figure(fig, run_dir.file("accuracy_vs_components.png"))
+    run_dir.write_figure(fig, "accuracy_vs_components.png")
 
 
 def report_notes(metrics: dict) -> str:

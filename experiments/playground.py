@@ -32,7 +32,6 @@ from mljax.config import CommonConfig
 from mljax.data import toy
 from mljax.experiment import ReportRow, cli_main, format_mean_std
 from mljax.nn.layers import Activation, Dense
-from mljax.plots import save_figure
 from mljax.train import figures, loop, sweep, tasks
 
 NAME = "playground"
@@ -459,8 +458,8 @@ def _figures(run_dir, all_cells, rows, boundary_params, splits, metrics, compari
         ylabel = "test loss (mean ± std over seeds)" if d == toy.PLAYGROUND_DATASETS[0] else ""
         figures.curves_with_bands(axc, gs, ylabel=ylabel, log=True, labels=names)
         axc.set_title(d)
-    save_figure(fig, run_dir.file("decision_boundaries.png"))
-    save_figure(fig_c, run_dir.file("loss_curves.png"))
+    run_dir.write_figure(fig, "decision_boundaries.png")
+    run_dir.write_figure(fig_c, "loss_curves.png")
 
     # Activation comparison: median epochs to test loss <= target (IQR bars over seeds that
     # reach it; the fraction that never does is written on the bar).
@@ -518,7 +517,7 @@ def _figures(run_dir, all_cells, rows, boundary_params, splits, metrics, compari
         ax_a.set_ylabel(f"epochs to test loss <= {LOSS_TARGET} (median)")
         ax_a.set_title(f"{label} features, no reg., report architecture", fontsize=9)
         ax_a.legend(fontsize=7)
-    save_figure(fig_a, run_dir.file("activation_comparison.png"))
+    run_dir.write_figure(fig_a, "activation_comparison.png")
 
 
 def report_rows(metrics) -> list[ReportRow]:

@@ -4,6 +4,10 @@ Each experiment writes its own run directory under ``--out`` (``<out>/<name>/``)
 holds one table row per figure of the source reports, the seed's value beside ours
 (mean ± std over seeds). An experiment that cannot run (its dataset is not installed, say)
 gets a row that says why instead of stopping the others.
+
+With cluster options (``--coordinator``/``--num-processes``/``--process-id`` or
+``--distributed``) every process runs every experiment and process 0 alone writes (see
+:func:`mljax.experiment.cli_main`).
 """
 
 from __future__ import annotations
@@ -16,15 +20,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import experiments
-from mljax.config import enable_compilation_cache, parse
+from mljax.config import ClusterConfig, enable_compilation_cache, parse
 from mljax.data.images import DatasetNotFoundError
+from mljax.distributed import is_main_process
 from mljax.experiment import (
     ReportRow,
     execute,
     figure_links,
-    interrupts_stop_the_run,
     markdown_table,
     run_figures,
+    run_guarded,
+    start_cluster,
 )
 from mljax.malloc_tuning import tune_for_command_line
 from mljax.results import atomic_write_text
@@ -33,7 +39,7 @@ NAME = "reproduce"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ClusterConfig):
     """Run every registered experiment and write REPORT.md."""
 
     quick: bool = False
@@ -52,6 +58,7 @@ class Config:
     """Hide progress bars."""
 
     def validate(self) -> None:
+        self.check_cluster()
         if self.seeds is not None and self.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
         for name in self.only:
@@ -87,8 +94,9 @@ def run_one(info: experiments.ExperimentInfo, config: Config) -> Outcome:
     except KeyboardInterrupt:
         raise
     except Exception as e:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "error.txt", traceback.format_exc())
+        if is_main_process():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_dir / "error.txt", traceback.format_exc())
         reason = f"{type(e).__name__}: {e}".splitlines()[0]
         return Outcome(info.name, "failed", time.perf_counter() - start, [], reason)
 
@@ -132,6 +140,43 @@ def render(outcomes: Sequence[Outcome], config: Config, total_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_all(config: Config) -> list[Outcome]:
+    """Every selected experiment in turn; REPORT.md rewritten after each. In a
+    multi-process run only process 0 writes it and prints the progress lines.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C, or a lost process; the report keeps what was done.
+    """
+    infos = [i for i in experiments.REGISTRY if not config.only or i.name in config.only]
+    main = is_main_process()
+    outcomes: list[Outcome] = []
+    start = time.perf_counter()
+    report_path = Path(config.out) / "REPORT.md"
+    try:
+        for info in infos:
+            if main:
+                print(f"[{len(outcomes) + 1}/{len(infos)}] {info.name} ...", flush=True)
+            outcome = run_one(info, config)
+            outcomes.append(outcome)
+            if not main:
+                continue
+            print(
+                f"    {outcome.status} in {outcome.seconds:.1f} s"
+                + (f": {outcome.reason}" if outcome.reason else ""),
+                flush=True,
+            )
+            # Rewritten after every experiment: Ctrl-C keeps what is done so far.
+            atomic_write_text(report_path, render(outcomes, config, time.perf_counter() - start))
+    except KeyboardInterrupt:
+        if main:
+            print(f"\ninterrupted; partial report at {report_path}", file=sys.stderr)
+        raise
+    if main:
+        atomic_write_text(report_path, render(outcomes, config, time.perf_counter() - start))
+        print(f"report written to {report_path}")
+    return outcomes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse(
@@ -140,39 +185,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             prog="python -m experiments.reproduce",
             description=(__doc__ or "").strip(),
         )
+        cluster = start_cluster(config)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     enable_compilation_cache()
-    infos = [i for i in experiments.REGISTRY if not config.only or i.name in config.only]
-    outcomes: list[Outcome] = []
-    start = time.perf_counter()
-    report_path = Path(config.out) / "REPORT.md"
     try:
-        with interrupts_stop_the_run():
-            for info in infos:
-                print(f"[{len(outcomes) + 1}/{len(infos)}] {info.name} ...", flush=True)
-                outcome = run_one(info, config)
-                outcomes.append(outcome)
-                print(
-                    f"    {outcome.status} in {outcome.seconds:.1f} s"
-                    + (f": {outcome.reason}" if outcome.reason else ""),
-                    flush=True,
-                )
-                # Rewritten after every experiment: Ctrl-C keeps what is done so far.
-                atomic_write_text(
-                    report_path, render(outcomes, config, time.perf_counter() - start)
-                )
+        with run_guarded(cluster):
+            outcomes = run_all(config)
+        failed = [o.name for o in outcomes if o.status == "failed"]
+        if failed:
+            print(f"failed: {', '.join(failed)} (tracebacks in their error.txt)", file=sys.stderr)
+        code = 1 if failed else 0
     except KeyboardInterrupt:
-        print(f"\ninterrupted; partial report at {report_path}", file=sys.stderr)
-        return 130
-    atomic_write_text(report_path, render(outcomes, config, time.perf_counter() - start))
-    failed = [o.name for o in outcomes if o.status == "failed"]
-    print(f"report written to {report_path}")
-    if failed:
-        print(f"failed: {', '.join(failed)} (tracebacks in their error.txt)", file=sys.stderr)
-        return 1
-    return 0
+        code = 1 if cluster is not None and cluster.lost is not None else 130
+    return code if cluster is None else cluster.finish(code)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,7 @@ from mljax.config import CommonConfig
 from mljax.data import toy
 from mljax.experiment import ReportRow, cli_main, format_mean_std, markdown_table, summarize
 from mljax.nn import backprop, gradcheck, models
-from mljax.plots import curve_with_band, save_figure
-from mljax.results import atomic_write_text
+from mljax.plots import curve_with_band
 
 NAME = "sigmoid_net"
 
@@ -312,7 +311,7 @@ def run(config: Config, run_dir) -> dict:
         for rep, row in zip(REPORT_TABLE, table, strict=True)
     }
     text = format_delta_table(table)
-    atomic_write_text(run_dir.file("delta_table.md"), text + "\n")
+    run_dir.write_text("delta_table.md", text + "\n")
     if not config.quiet:
         print("δ table (report vs ours, 3 significant digits):")
         print(text)
@@ -392,7 +391,7 @@ def _plot_losses(run_dir, losses):
     ax.set_ylabel("mean ½ err² (mean ± std over seeds)")
     ax.set_title(f"1-3-1 sigmoid net, {losses['correct'].shape[0]} seeds")
     ax.legend()
-    save_figure(fig, run_dir.file("loss_curve.png"))
+    run_dir.write_figure(fig, "loss_curve.png")
 
 
 def _plot_predictions(run_dir, x, t, preds):
@@ -408,7 +407,7 @@ def _plot_predictions(run_dir, x, t, preds):
     ax.set_ylabel("output z1")
     ax.set_title("final predictions (mean ± std over seeds) vs targets")
     ax.legend()
-    save_figure(fig, run_dir.file("predictions.png"))
+    run_dir.write_figure(fig, "predictions.png")
 
 
 # ----------------------------------------------------------------------------- report

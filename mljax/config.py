@@ -2,7 +2,9 @@
 
 Each field's docstring (the string literal under it) becomes its ``--help`` text, so a
 config documents every option in one place. :class:`CommonConfig` holds the options every
-experiment shares (``--quick``, ``--out``, ``--seeds``, ``--seed``, ``--quiet``).
+experiment shares (``--quick``, ``--out``, ``--seeds``, ``--seed``, ``--quiet``) and, through
+:class:`ClusterConfig`, the options of a multi-process run (``--coordinator``,
+``--num-processes``, ``--process-id``, ``--distributed``; see :mod:`mljax.distributed`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import tyro
 
 __all__ = [
     "MAX_SEED",
+    "ClusterConfig",
     "CommonConfig",
     "check_input_dir",
     "check_output_dir",
@@ -61,7 +64,31 @@ def check_input_dir(value: str | os.PathLike, option: str = "--data-dir") -> Pat
 
 
 @dataclasses.dataclass(frozen=True)
-class CommonConfig:
+class ClusterConfig:
+    """Options of a run over several processes (all unset: one process, as usual)."""
+
+    coordinator: str | None = None
+    """HOST:PORT of process 0, which listens there: run the same command once per process (on one or several machines) with --num-processes and --process-id."""
+
+    num_processes: int | None = None
+    """Number of processes of a multi-process run (with --coordinator)."""
+
+    process_id: int | None = None
+    """This process's index in [0, --num-processes) (with --coordinator); process 0 writes the results."""
+
+    distributed: bool = False
+    """Join a multi-process run described by the cluster environment (SLURM's srun, Open MPI, TPU pods), as jax.distributed.initialize() detects it."""
+
+    def check_cluster(self) -> None:
+        """Raises ``ValueError`` for inconsistent cluster options
+        (:func:`mljax.distributed.check_options`)."""
+        from mljax.distributed import check_options
+
+        check_options(self.coordinator, self.num_processes, self.process_id, self.distributed)
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonConfig(ClusterConfig):
     """Options shared by every experiment."""
 
     quick: bool = False
@@ -84,6 +111,7 @@ class CommonConfig:
 
         Subclasses extend it (call ``super().validate()``).
         """
+        self.check_cluster()
         if self.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
         if not 0 <= self.seed <= MAX_SEED:

@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -36,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from mljax import distributed
 from mljax.config import enable_compilation_cache, parse
+from mljax.distributed import is_main_process
 from mljax.malloc_tuning import tune_for_command_line
 from mljax.results import RunDir
 
@@ -52,6 +55,8 @@ __all__ = [
     "markdown_table",
     "render_report",
     "run_figures",
+    "run_guarded",
+    "start_cluster",
     "summarize",
 ]
 
@@ -182,6 +187,9 @@ def _check_module(module: ModuleType) -> None:
 def execute(module: ModuleType, config: Any) -> tuple[dict[str, Any], RunDir]:
     """Runs one experiment with a built config and writes its run directory.
 
+    In a multi-process run every process runs the experiment; only process 0 writes
+    (the others get a ``RunDir`` with ``writes=False``).
+
     Returns:
         ``(metrics, run_dir)``. ``metrics`` also gets ``"wall_time_s"``.
     """
@@ -189,7 +197,7 @@ def execute(module: ModuleType, config: Any) -> tuple[dict[str, Any], RunDir]:
     if hasattr(config, "validate"):
         config.validate()
     out = config.out if getattr(config, "out", None) else default_out_dir(module.NAME)
-    run_dir = RunDir.create(out)
+    run_dir = RunDir.create(out, writes=is_main_process())
     run_dir.write_config({"experiment": module.NAME, "config": config})
     start = time.perf_counter()
     metrics = dict(module.run(config, run_dir))
@@ -262,11 +270,67 @@ def interrupts_stop_the_run(retry_s: float = 0.2):
         signal.signal(signal.SIGINT, previous)
 
 
+def start_cluster(config: Any):
+    """Joins a multi-process run as ``config``'s cluster options say
+    (:func:`mljax.distributed.start`); None for a single-process run."""
+    return distributed.start(
+        getattr(config, "coordinator", None),
+        getattr(config, "num_processes", None),
+        getattr(config, "process_id", None),
+        getattr(config, "distributed", False),
+    )
+
+
+def run_guarded(cluster: Any):
+    """The context of a command's work: Ctrl-C always stops it
+    (:func:`interrupts_stop_the_run`) and, in a multi-process run, so does a lost process
+    (:meth:`mljax.distributed.Cluster.interruptible`)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(interrupts_stop_the_run())
+    if cluster is not None:
+        stack.enter_context(cluster.interruptible())
+    return stack
+
+
+def _run_command(module: ModuleType, config: Any, cluster: Any) -> int:
+    """Runs the experiment; returns the exit status (0, 1 lost process, 2 bad input,
+    130 interrupted)."""
+    try:
+        with run_guarded(cluster):
+            metrics, run_dir = execute(module, config)
+            if run_dir.writes:
+                print(
+                    f"{module.NAME}: finished in {metrics['wall_time_s']:.1f} s; "
+                    f"report at {run_dir.file('report.md')}"
+                )
+    except KeyboardInterrupt:
+        if cluster is not None and cluster.lost is not None:
+            return 1  # Cluster.finish says which process was lost
+        print(
+            "\ninterrupted: files already written in the run directory are complete.",
+            file=sys.stderr,
+        )
+        return 130
+    except (ValueError, OSError) as e:  # bad input, a missing dataset, an unwritable --out
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception:
+        if cluster is None:
+            raise
+        traceback.print_exc()  # and tell the other processes (Cluster.finish)
+        return 1
+    return 0
+
+
 def cli_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m experiments.<name>``: parse, run, say where results are.
 
     Run as a script (the module is ``__main__``), the command first re-executes itself with
-    glibc malloc tunables (:func:`mljax.malloc_tuning.tune_for_command_line`).
+    glibc malloc tunables (:func:`mljax.malloc_tuning.tune_for_command_line`). With cluster
+    options (``--coordinator``/``--num-processes``/``--process-id`` or ``--distributed``)
+    it joins the other processes before any JAX computation (:func:`start_cluster`); then
+    only process 0 writes the run directory and shows progress, and every process exits 0
+    only when process 0 succeeded (:meth:`mljax.distributed.Cluster.finish`).
     """
     _check_module(module)
     if module.__name__ == "__main__":
@@ -279,24 +343,10 @@ def cli_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
             prog=f"python -m experiments.{module.NAME}",
             description=doc or None,
         )
+        cluster = start_cluster(config)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     enable_compilation_cache()
-    try:
-        with interrupts_stop_the_run():
-            metrics, run_dir = execute(module, config)
-            print(
-                f"{module.NAME}: finished in {metrics['wall_time_s']:.1f} s; "
-                f"report at {run_dir.file('report.md')}"
-            )
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: files already written in the run directory are complete.",
-            file=sys.stderr,
-        )
-        return 130
-    except (ValueError, OSError) as e:  # bad input, a missing dataset, an unwritable --out
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    code = _run_command(module, config, cluster)
+    return code if cluster is None else cluster.finish(code)

@@ -1,7 +1,8 @@
 """Progress bars for loops a person waits for (training steps, sweep chunks, experiment stages).
 
-One place decides when a bar shows: never with ``quiet=True``, never when ``CI=true``, and
-never when stderr is not a terminal (logs and captured output stay clean). The library's
+One place decides when a bar shows: never with ``quiet=True``, never when ``CI=true``, never
+when stderr is not a terminal (logs and captured output stay clean), and never on a process
+other than 0 of a multi-process run (:func:`mljax.distributed.is_main_process`). The library's
 training loops and the experiments both use :func:`progress`; nothing here depends on the
 experiment harness.
 """
@@ -17,8 +18,13 @@ __all__ = ["progress", "progress_enabled"]
 
 
 def progress_enabled(quiet: bool = False) -> bool:
-    """Whether a bar would show: not ``quiet``, not in CI (``CI=true``), stderr a terminal."""
-    return not quiet and os.environ.get("CI") != "true" and sys.stderr.isatty()
+    """Whether a bar would show: not ``quiet``, not in CI (``CI=true``), stderr a terminal,
+    process 0 (or the only process)."""
+    from mljax.distributed import is_main_process
+
+    return (
+        not quiet and os.environ.get("CI") != "true" and sys.stderr.isatty() and is_main_process()
+    )
 
 
 def progress(

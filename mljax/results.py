@@ -131,10 +131,13 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def _json_text(value: Any) -> str:
+    return json.dumps(to_jsonable(value), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, value: Any) -> Path:
     """Writes ``value`` (see :func:`to_jsonable`) as indented JSON, atomically."""
-    text = json.dumps(to_jsonable(value), indent=2, sort_keys=False, allow_nan=False)
-    return atomic_write_text(path, text + "\n")
+    return atomic_write_text(path, _json_text(value))
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -151,14 +154,19 @@ class RunDir:
     """The output directory of one experiment run.
 
     Layout: ``config.json``, ``metrics.json``, ``report.md`` and PNG figures, all written
-    atomically.
+    atomically. With ``writes=False`` (processes other than 0 of a multi-process run) every
+    ``write_*`` method writes nothing and returns the path it would have written.
     """
 
     path: Path
+    writes: bool = True
 
     @classmethod
-    def create(cls, path: str | os.PathLike) -> RunDir:
+    def create(cls, path: str | os.PathLike, *, writes: bool = True) -> RunDir:
+        """The run directory at ``path``, created (with its parents) when ``writes``."""
         p = Path(path)
+        if not writes:
+            return cls(p, writes=False)
         if p.exists() and not p.is_dir():
             raise ValueError(f"output directory {p} exists and is not a directory")
         try:
@@ -170,14 +178,34 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Writes ``data`` to the file ``name`` of the run directory, atomically."""
+        if not self.writes:
+            return self.file(name)
+        return atomic_write_bytes(self.file(name), data)
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Writes UTF-8 ``text`` to the file ``name`` of the run directory, atomically."""
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def write_figure(self, fig: Any, name: str) -> Path:
+        """Saves a matplotlib figure as the PNG ``name`` (:func:`mljax.plots.save_figure`)
+        and closes it (also when nothing is written)."""
+        from mljax import plots
+
+        if not self.writes:
+            plots.plt.close(fig)
+            return self.file(name)
+        return plots.save_figure(fig, self.file(name))
+
     def write_config(self, config: Any) -> Path:
-        return atomic_write_json(self.file(CONFIG_FILE), config)
+        return self.write_text(CONFIG_FILE, _json_text(config))
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
-        return atomic_write_json(self.file(METRICS_FILE), metrics)
+        return self.write_text(METRICS_FILE, _json_text(metrics))
 
     def write_report(self, text: str) -> Path:
-        return atomic_write_text(self.file(REPORT_FILE), text)
+        return self.write_text(REPORT_FILE, text)
 
     def read_metrics(self) -> Any:
         return read_json(self.file(METRICS_FILE))

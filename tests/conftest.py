@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 # Tests never wait on a progress bar and never reach the network for datasets.
 os.environ.setdefault("CI", "true")
@@ -62,3 +66,78 @@ def pytest_collection_modifyitems(config, items):
                 reason = _dataset_missing(name)
                 if reason:
                     item.add_marker(pytest.mark.skip(reason=f"{name} not installed: {reason}"))
+
+
+class Launched:
+    """One subprocess started by the ``launch`` fixture; its stdout and stderr go to ``log``."""
+
+    def __init__(self, popen: subprocess.Popen, log: Path):
+        self.popen, self.log = popen, log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        """The exit status; fails the test (after killing it) past ``timeout`` seconds."""
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+            pytest.fail(f"still running after {timeout} s:\n{self.output()[-3000:]}")
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """``launch(args, name)`` starts ``python *args`` from the repository root (this checkout's
+    mljax first on the path, CPU only, one CPU device); every process still running when the
+    test ends is killed, so a hung multi-process run cannot outlive its test."""
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(root) + os.pathsep + env.get("PYTHONPATH", ""))
+    started: list[Launched] = []
+
+    def start(args, name: str, extra_env: dict | None = None) -> Launched:
+        log = tmp_path / f"{name}.log"
+        with open(log, "w") as f:
+            popen = subprocess.Popen(
+                [sys.executable, *map(str, args)],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                env={**env, **(extra_env or {})},
+                cwd=root,
+            )
+        started.append(Launched(popen, log))
+        return started[-1]
+
+    yield start
+    for p in started:
+        if p.popen.poll() is None:
+            p.popen.kill()
+            p.popen.wait()
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cluster_args(port: int, num_processes: int, process_id: int) -> list[str]:
+    """The command-line options of process ``process_id`` of a run on 127.0.0.1:``port``."""
+    return [
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        str(num_processes),
+        "--process-id",
+        str(process_id),
+    ]
+
+
+@pytest.fixture
+def cluster_options():
+    """:func:`cluster_args` for tests in any folder."""
+    return cluster_args

@@ -29,6 +29,7 @@ before = snapshot()
 import mljax
 import mljax.cluster.gmm, mljax.cluster.kmeans, mljax.cluster.mog_classifier
 import mljax.data, mljax.metrics, mljax.validation, mljax.results, mljax.malloc_tuning
+import mljax.distributed, mljax.progress
 import mljax.nn.models, mljax.nn.backprop, mljax.train.loop, mljax.train.sweep, mljax.train.tasks
 after = snapshot()
 print(json.dumps({"before": before, "after": after,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
@@ -42,3 +43,17 @@ def test_make_targets_named_in_the_readme_exist():
 
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_several_machines_commands_parse():
+    """Every experiment command of "Several machines" is accepted by that experiment's CLI
+    (the placeholders N and i standing for 2 and 1)."""
+    from mljax.config import parse
+
+    commands = re.findall(r"python -m experiments\.(\w+)([^\n&]*)", section("Several machines"))
+    assert len(commands) >= 4
+    for name, args in commands:
+        module = importlib.import_module(f"experiments.{name}")
+        argv = [{"N": "2", "i": "1"}.get(t, t) for t in args.split()]
+        config = parse(module.Config, argv)
+        assert config.distributed or config.coordinator, args

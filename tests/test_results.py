@@ -150,3 +150,35 @@ def test_results_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         os.umask(previous)
+
+
+def test_run_dir_that_does_not_write(tmp_path):
+    """writes=False (processes other than 0 of a multi-process run): every write_* method
+    returns the path it would write and creates nothing, not even the directory."""
+    import matplotlib.pyplot as plt
+
+    run_dir = RunDir.create(tmp_path / "run", writes=False)
+    fig = plt.figure()
+    paths = [
+        run_dir.write_config({"a": 1}),
+        run_dir.write_metrics({"m": 1.0}),
+        run_dir.write_report("# r\n"),
+        run_dir.write_text("table.md", "x"),
+        run_dir.write_bytes("a.npz", b"x"),
+        run_dir.write_figure(fig, "f.png"),
+    ]
+    assert [p.name for p in paths] == [
+        "config.json",
+        "metrics.json",
+        "report.md",
+        "table.md",
+        "a.npz",
+        "f.png",
+    ]
+    assert not (tmp_path / "run").exists()
+    assert not plt.fignum_exists(fig.number)  # closed all the same
+    writing = RunDir.create(tmp_path / "run")
+    writing.write_figure(plt.figure(), "f.png")
+    writing.write_text("table.md", "x")
+    assert (tmp_path / "run" / "table.md").read_text() == "x"
+    assert (tmp_path / "run" / "f.png").read_bytes()[:4] == b"\x89PNG"
