@@ -26,7 +26,7 @@ initial parameters, batches and learning rates; the report compares the two vali
 curves and test errors.
 
 A run writes one result file per finished (model, gradient) stage under ``<out>/stages/``;
-rerunning with the same ``--out`` and settings reuses them (``--no-resume`` retrains), and the
+rerunning with the same ``--out`` and settings reuses them (``--fresh`` retrains), and the
 CNN's members resume from their checkpoints under ``<out>/checkpoints/``.
 """
 
@@ -134,9 +134,9 @@ class Config(CommonConfig):
     n_test: int | None = None
     """Use only the first n test images (default all; --quick: 1000)."""
 
-    resume: bool = True
-    """Reuse finished stages (and the CNN's checkpoints) in --out when their settings match;
-    --no-resume retrains everything."""
+    fresh: bool = False
+    """Retrain everything: delete the finished stages and the CNN's checkpoints in --out (by
+    default a rerun with the same --out reuses those whose settings match)."""
 
     def validate(self) -> None:
         super().validate()
@@ -495,7 +495,7 @@ def run(config: Config, run_dir) -> dict:
     key = jax.random.key(config.seed)
     stage_dir = run_dir.path / "stages"
     ckpt_root = run_dir.path / "checkpoints"
-    if not config.resume:
+    if config.fresh:
         shutil.rmtree(stage_dir, ignore_errors=True)
         shutil.rmtree(ckpt_root, ignore_errors=True)
     out_models, stages, choices = {}, {}, {}
@@ -609,6 +609,11 @@ def model_metrics(config, model, stages, choices, lrs, epochs) -> dict:
 # ----------------------------------------------------------------------------- figures
 
 
+def _log_errors(ax) -> None:
+    # Logarithmic above 0.1 % and linear below, so a training error of exactly 0 still shows.
+    ax.set_yscale("symlog", linthresh=1e-3)
+
+
 def _figures(config, split, stages, choices, out_models, run_dir) -> None:
     import matplotlib.pyplot as plt
 
@@ -633,7 +638,8 @@ def _figures(config, split, stages, choices, out_models, run_dir) -> None:
             ]
             if idx:
                 curves["val (manual)"] = mst.history["val_error"][idx]
-        figures.curves_with_bands(ax, curves, ylabel="error", log=True)
+        figures.curves_with_bands(ax, curves, ylabel="error")
+        _log_errors(ax)
         ax.set_title(f"({m}) {MODELS[m][0]}, lr {ch.lr:g}", fontsize=8)
     fig.suptitle(f"{title_data}: error per epoch, mean ± std over seeds, chosen learning rate")
     fig.tight_layout()
@@ -646,7 +652,8 @@ def _figures(config, split, stages, choices, out_models, run_dir) -> None:
             f"lr {lr:g}": st.history["val_error"][st.lr == lr]
             for lr in dict.fromkeys(st.lr.tolist())
         }
-        figures.curves_with_bands(ax, curves, ylabel="validation error", log=True)
+        figures.curves_with_bands(ax, curves, ylabel="validation error")
+        _log_errors(ax)
         ax.set_title(f"({m}) {MODELS[m][0]}", fontsize=8)
     fig.suptitle(f"{title_data}: validation error per learning rate (mean ± std over seeds)")
     fig.tight_layout()
@@ -697,7 +704,6 @@ def _figures(config, split, stages, choices, out_models, run_dir) -> None:
                yerr=None if err is None else 100 * np.asarray(err), capsize=2)  # fmt: skip
     ax.set_xticks(xs, [f"({m})" for m in keys])
     ax.set_ylabel("test error (%)")
-    ax.set_yscale("log")
     ax.set_title(f"{title_data}: test error at the chosen (lr, epoch)")
     ax.legend(fontsize=7)
     fig.tight_layout()

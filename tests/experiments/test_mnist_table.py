@@ -93,7 +93,7 @@ def test_help_explains_every_option(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for opt in ("--dataset", "--data-dir", "--models", "--lrs", "--epochs", "--patience",
-                "--grad", "--seeds", "--twin-lrs", "--cnn-lrs", "--cnn-epochs", "--no-resume",
+                "--grad", "--seeds", "--twin-lrs", "--cnn-lrs", "--cnn-epochs", "--fresh",
                 "--quick"):  # fmt: skip
         assert opt in text
     assert "fashion_mnist" in text and "autodiff" in text
@@ -242,7 +242,8 @@ def test_quick_run_on_mnist(tmp_path):
     np.testing.assert_allclose(np.bincount(np.asarray(split.data.y_val)), counts / 10, atol=1)
     m, _ = execute(mt, cfg)
     a = m["models"]["a"]
-    assert a["test_error_mean"] < 0.2 and len(a["test_errors"]) == 2
+    # 2 epochs of 13 steps: far from the full run's 7 %, far below chance (90 %).
+    assert a["test_error_mean"] < 0.4 and len(a["test_errors"]) == 2
     assert a["twin_test_error_diff"] <= mt.TWIN_TOLERANCE
     report = (tmp_path / "report.md").read_text()
     assert "7.62 %" in report and "7.30 %" in report
