@@ -814,10 +814,10 @@ def report_notes(metrics: dict) -> str:
             )
         else:
             parts.append(
-                f"({m}) convolves, so the sweep's auto rule trained it member by member "
-                "(Python loop over a jitted step, one checkpoint per member): on CPU, "
-                "convolutions inside the vmapped scan program run several times slower "
-                "(mljax.train.sweep)"
+                f"({m}) convolves, so the sweep's auto rule for CPU "
+                "(mljax.train.sweep.pick_sweep_strategy) trained it member by member: a Python "
+                "loop over a jitted step, one checkpoint per member (the README gives the "
+                "measured cost of vmapping it instead)"
             )
         if metrics["dataset"] == "mnist":
             seed = SEED_PART1[m]
@@ -850,9 +850,10 @@ def report_notes(metrics: dict) -> str:
                     f"where the report trained all 100"
                 )
             elif runs:
+                at_limit = sum(v == r["max_epochs"] for v in runs)
                 parts.append(
-                    f"some runs at this learning rate reached the {r['max_epochs']}-epoch "
-                    "limit without stopping"
+                    f"{at_limit} of {len(runs)} runs at this learning rate reached the "
+                    f"{r['max_epochs']}-epoch limit without stopping"
                 )
         else:
             ours, target = r["test_error_mean"], r["target"]
@@ -868,7 +869,9 @@ def report_notes(metrics: dict) -> str:
                 f"its manual-backprop twin (same keys: same initial parameters and batches) "
                 f"reached {_pct(r['manual_test_error_mean'])} at lr {r['manual_best_lr']:g}; "
                 f"the two validation-error curves differ by at most "
-                f"{100 * r['manual_vs_autodiff_max_abs_diff']:.3f} points over "
+                f"{100 * r['manual_vs_autodiff_max_abs_diff']:.3f} points "
+                f"({round(r['manual_vs_autodiff_max_abs_diff'] * s['val'])} of {s['val']} "
+                "validation images) over "
                 f"{r['twin_pairs']} twin pairs ({r['twin_same_stop_epoch']} stopped at the same "
                 f"epoch), and the test errors are {'within' if equal else 'not within'} 0.1 "
                 f"points of each other"
