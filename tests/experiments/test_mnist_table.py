@@ -247,3 +247,4 @@ def test_quick_run_on_mnist(tmp_path):
     assert a["twin_test_error_diff"] <= mt.TWIN_TOLERANCE
     report = (tmp_path / "report.md").read_text()
     assert "7.62 %" in report and "7.30 %" in report
+    assert "not compared with the target" in report and "not met" not in report
