@@ -60,6 +60,14 @@ REGISTRY: tuple[ExperimentInfo, ...] = (
         spec="E3, E4",
     ),
     ExperimentInfo(
+        "mnist_table",
+        "004_f61361a430c64d2a.txt",
+        "Parts 1 and 2",
+        "MNIST error table of models a-d: lr sweep with early stopping as one vmapped sweep "
+        "per model, each model also trained by our manual backprop (twin curves equal)",
+        "E4",
+    ),
+    ExperimentInfo(
         "playground",
         "003_7a64f05ef5897792.txt",
         "§1",

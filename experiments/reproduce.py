@@ -3,7 +3,9 @@
 Each experiment writes its own run directory under ``--out`` (``<out>/<name>/``); REPORT.md
 holds one table row per figure of the source reports, the seed's value beside ours
 (mean ± std over seeds). An experiment that cannot run (its dataset is not installed, say)
-gets a row that says why instead of stopping the others.
+gets a row that says why instead of stopping the others; one whose module defines
+``fallback_config(config)`` (and ``describe_config(config)``) then runs that variant instead,
+e.g. ``mnist_table`` on Fashion-MNIST where MNIST is missing.
 
 With cluster options (``--coordinator``/``--num-processes``/``--process-id`` or
 ``--distributed``) every process runs every experiment and process 0 alone writes (see
@@ -90,6 +92,8 @@ def run_one(info: experiments.ExperimentInfo, config: Config) -> Outcome:
         return Outcome(info.name, "ok", time.perf_counter() - start, rows, figures=figures)
     except DatasetNotFoundError as e:
         first = str(e).splitlines()[0]
+        if hasattr(module, "fallback_config"):  # e.g. mnist_table: Fashion-MNIST instead
+            return _run_fallback(info, module, exp_config, first, start)
         return Outcome(info.name, "skipped", time.perf_counter() - start, [], first)
     except KeyboardInterrupt:
         raise
@@ -99,6 +103,34 @@ def run_one(info: experiments.ExperimentInfo, config: Config) -> Outcome:
             atomic_write_text(out_dir / "error.txt", traceback.format_exc())
         reason = f"{type(e).__name__}: {e}".splitlines()[0]
         return Outcome(info.name, "failed", time.perf_counter() - start, [], reason)
+
+
+def _run_fallback(info, module, exp_config, reason: str, start: float) -> Outcome:
+    """Runs the module's ``fallback_config(config)`` (the same study on another dataset, or
+    None for none) after its own dataset was not found; the report keeps a "not run" row
+    for the original, with the reason (``describe_config(config)`` names each variant)."""
+    fallback = module.fallback_config(exp_config)
+    if fallback is None:
+        return Outcome(info.name, "skipped", time.perf_counter() - start, [], reason)
+    not_run = ReportRow(f"(not run) {module.describe_config(exp_config)}", "—", "—", reason)
+    try:
+        metrics, run_dir = execute(module, fallback)
+    except DatasetNotFoundError as e:
+        first = str(e).splitlines()[0]
+        return Outcome(info.name, "skipped", time.perf_counter() - start, [], f"{reason}; {first}")
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        if is_main_process():
+            out_dir = Path(fallback.out)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_dir / "error.txt", traceback.format_exc())
+        failed = f"{type(e).__name__}: {e}".splitlines()[0]
+        return Outcome(info.name, "failed", time.perf_counter() - start, [not_run], failed)
+    rows = [not_run, *module.report_rows(metrics)]
+    figures = tuple(f"{info.name}/{name}" for name in run_figures(run_dir))
+    note = f"{reason}; ran {module.describe_config(fallback)} instead"
+    return Outcome(info.name, "ok", time.perf_counter() - start, rows, note, figures)
 
 
 def render(outcomes: Sequence[Outcome], config: Config, total_s: float) -> str:

@@ -19,6 +19,14 @@ import pytest
 from mljax.config import enable_compilation_cache
 from mljax.malloc_tuning import tune_malloc
 
+# Development machines and CI keep the full MNIST (and CIFAR-10) beside the project, in
+# ../shared/data (never inside the repository): realdata("mnist") tests find it there.
+_SHARED_DATA = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "data"
+)
+if os.path.isdir(_SHARED_DATA):
+    os.environ.setdefault("MLJAX_DATA_DIR", _SHARED_DATA)
+
 # The suite opts in to the allocator settings the command-line entry points use (import mljax
 # does not change them): XLA:CPU's per-call buffers stop page-faulting.
 tune_malloc()

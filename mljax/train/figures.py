@@ -1,5 +1,5 @@
-"""Training figures (matplotlib, Agg): decision boundaries and loss curves with std bands.
-Each draws on a given ``ax`` and returns what it drew; save with
+"""Training figures (matplotlib, Agg): decision boundaries, loss curves with std bands and
+confusion matrices. Each draws on a given ``ax`` and returns what it drew; save with
 :func:`mljax.plots.save_figure`."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 from mljax.plots import curve_with_band
 from mljax.train.sweep import GroupStats
 
-__all__ = ["curves_with_bands", "decision_boundary"]
+__all__ = ["confusion_matrix_plot", "curves_with_bands", "decision_boundary"]
 
 
 def decision_boundary(
@@ -119,3 +119,49 @@ def curves_with_bands(
     if lines:
         ax.legend(fontsize=6)
     return lines
+
+
+def confusion_matrix_plot(ax, cm: np.ndarray, class_names: Sequence[str] | None = None):
+    """Row-normalised confusion matrix ``cm [k, k]`` (rows: true class) with its counts.
+
+    Each cell is coloured by ``cm[i, j] / Σ_j cm[i, j]`` (the share of true class ``i``
+    predicted as ``j``; 0 for an empty row) and labelled with the count ``cm[i, j]``.
+
+    Args:
+        cm: ``[k, k]`` counts, e.g. :func:`mljax.metrics.confusion_matrix`.
+        class_names: ``k`` tick labels (default ``0 .. k-1``).
+
+    Returns:
+        The ``AxesImage`` (its array is the row-normalised matrix).
+
+    Raises:
+        ValueError: ``cm`` not square, negative or not finite; wrong number of names.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"cm must be a square [k, k] matrix, got shape {cm.shape}")
+    if not np.all(np.isfinite(cm)) or np.any(cm < 0):
+        raise ValueError("cm must hold finite counts >= 0")
+    k = cm.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    if len(names) != k:
+        raise ValueError(f"class_names must give {k} names, got {len(names)}")
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), names, rotation=90, fontsize=6)
+    ax.set_yticks(range(k), names, fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(
+                j,
+                i,
+                f"{int(cm[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=5,
+                color="w" if norm[i, j] > 0.5 else "k",
+            )
+    return im

@@ -127,13 +127,18 @@ class Data(NamedTuple):
 
     Attributes:
         x_train: ``[n, ...]`` inputs; y_train: ``[n, ...]`` targets.
-        x_val, y_val: optional validation (or test) set evaluated after every epoch.
+        x_val, y_val: optional validation set evaluated after every epoch (``val_*`` history;
+            early stopping watches it).
+        x_test, y_test: optional held-out set also evaluated after every epoch (``test_*``
+            history), for test curves beside the validation curves; it never changes training.
     """
 
     x_train: Any
     y_train: Any
     x_val: Any = None
     y_val: Any = None
+    x_test: Any = None
+    y_test: Any = None
 
 
 class Hyper(NamedTuple):
@@ -349,7 +354,8 @@ class TrainResult(NamedTuple):
         epochs_run: epochs actually trained (early stopping / divergence stop sooner).
         history: ``{name: [epochs]}``, NaN after the run stopped. Keys: ``train_batch_loss``
             (mean of the epoch's step losses), ``train_loss``/``train_<metric>`` (eval mode,
-            when ``eval_train``), ``val_loss``/``val_<metric>``, ``lr`` (rate at epoch end).
+            when ``eval_train``), ``val_loss``/``val_<metric>``, ``test_loss``/``test_<metric>`` (when the data has a
+            test set), ``lr`` (rate at epoch end).
         diverged: whether a non-finite or exploding loss (``TrainConfig.divergence_factor``)
             froze the run; diverged_step: its step or -1.
         strategy: "scan" or "python".
@@ -610,6 +616,11 @@ def _eval_all(task, cfg, params, state, data: Data, hp) -> dict:
             task, params, state, data.x_val, data.y_val, hp, batch_size=cfg.eval_batch_size
         ).items():
             out[f"val_{k}"] = v
+    if data.x_test is not None:
+        for k, v in evaluate(
+            task, params, state, data.x_test, data.y_test, hp, batch_size=cfg.eval_batch_size
+        ).items():
+            out[f"test_{k}"] = v
     return out
 
 
@@ -633,6 +644,8 @@ def history_keys(task: Task, cfg: TrainConfig, data: Data) -> tuple[str, ...]:
         keys += [f"train_{k}" for k in probe]
     if data.x_val is not None:
         keys += [f"val_{k}" for k in probe]
+    if data.x_test is not None:
+        keys += [f"test_{k}" for k in probe]
     return tuple(keys)
 
 
@@ -671,6 +684,10 @@ def check_inputs(task: Task, cfg: TrainConfig, data: Data, hp: Hyper | None = No
         raise ValueError("give both x_val and y_val, or neither")
     if data.x_val is not None and np.shape(data.x_val)[0] != np.shape(data.y_val)[0]:
         raise ValueError("x_val and y_val have different numbers of rows")
+    if (data.x_test is None) != (data.y_test is None):
+        raise ValueError("give both x_test and y_test, or neither")
+    if data.x_test is not None and np.shape(data.x_test)[0] != np.shape(data.y_test)[0]:
+        raise ValueError("x_test and y_test have different numbers of rows")
     if cfg.batch_size > n:
         raise ValueError(
             f"batch_size {cfg.batch_size} is larger than the training set ({n} examples)"
@@ -723,7 +740,7 @@ def _check_features(task: Task, data: Data) -> dict:
     by the new one); returns ``{name: output shape}``."""
     return {
         name: _output_shape(task, getattr(data, name), name)
-        for name in ("x_train", "x_val")
+        for name in ("x_train", "x_val", "x_test")
         if getattr(data, name) is not None
     }
 
@@ -733,7 +750,7 @@ def _check_labels(task: Task, data: Data, out_shapes: dict) -> None:
     always, values when concrete (traced labels pass)."""
     if not task.integer_labels:
         return
-    for name, x_name in (("y_train", "x_train"), ("y_val", "x_val")):
+    for name, x_name in (("y_train", "x_train"), ("y_val", "x_val"), ("y_test", "x_test")):
         y = getattr(data, name)
         if y is None:
             continue
@@ -992,6 +1009,8 @@ def _end_epoch(pl: _PythonLoop, cfg: TrainConfig, data: Data, ls: LoopState, hp)
     sets = [("train", data.x_train, data.y_train)] if cfg.eval_train else []
     if data.x_val is not None:
         sets.append(("val", data.x_val, data.y_val))
+    if data.x_test is not None:
+        sets.append(("test", data.x_test, data.y_test))
     for prefix, x, y in sets:
         for k, v in _eval_set(pl, cfg, ts.params, ts.model_state, x, y, hp).items():
             record[f"{prefix}_{k}"] = v

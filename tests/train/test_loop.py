@@ -356,3 +356,41 @@ def test_python_loop_compiles_the_step_once_across_epochs_and_runs():
     assert int(a.epochs_run) == int(b.epochs_run) == 3
     ref = loop.train(MLP, cfg, DATA, loop.Hyper(learning_rate=0.2), key=jax.random.key(1))
     chex.assert_trees_all_close((b.params, b.history), (ref.params, ref.history), rtol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["scan", "python"])
+def test_test_set_is_evaluated_every_epoch_and_never_changes_training(strategy):
+    """A test set equal to the validation set gives test_* curves equal to val_*; adding it
+    leaves the parameters and the other curves bit-identical (it only observes)."""
+    cfg = dataclasses.replace(MLP_CFG, epochs=3, strategy=strategy)
+    hp = loop.Hyper(learning_rate=0.1)
+    with_test = DATA._replace(x_test=DATA.x_val, y_test=DATA.y_val)
+    a = loop.train(MLP, cfg, with_test, hp, key=jax.random.key(7))
+    b = loop.train(MLP, cfg, DATA, hp, key=jax.random.key(7))
+    assert set(a.history) == set(b.history) | {"test_loss", "test_accuracy"}
+    for k in ("loss", "accuracy"):
+        np.testing.assert_array_equal(a.history[f"test_{k}"], a.history[f"val_{k}"])
+    _tree_close({k: a.history[k] for k in b.history}, b.history, rtol=0, atol=0)
+    _tree_close(a.params, b.params, rtol=0, atol=0)
+    # The curve is the model's accuracy on the test set after each epoch: the last one
+    # recomputed from the final parameters.
+    out, _ = MLP.apply(
+        a.params, a.model_state, X[32:], train=False, rng=None, hparams=hp.as_arrays()
+    )
+    acc = float(jnp.mean(jnp.argmax(out, -1) == Y[32:]))
+    assert float(a.history["test_accuracy"][-1]) == pytest.approx(acc, abs=1e-6)
+
+
+def test_half_a_test_set_is_a_value_error():
+    with pytest.raises(ValueError, match="give both x_test and y_test"):
+        loop.train(LINEAR, loop.TrainConfig(batch_size=8), DATA._replace(x_test=X[32:]))
+    with pytest.raises(ValueError, match="x_test and y_test have different numbers of rows"):
+        loop.train(
+            LINEAR, loop.TrainConfig(batch_size=8), DATA._replace(x_test=X[32:], y_test=Y[33:])
+        )
+    with pytest.raises(ValueError, match="y_test must hold integer class labels"):
+        loop.train(
+            LINEAR,
+            loop.TrainConfig(batch_size=8),
+            DATA._replace(x_test=X[32:], y_test=Y[32:] + 5),
+        )
