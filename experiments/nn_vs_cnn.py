@@ -103,13 +103,13 @@ class Config(CommonConfig):
     nn_epochs: int = 100
     """Epochs of the NN in the learning-rate × momentum and size sweeps (the report: 250)."""
 
-    cnn_epochs: int = 10
+    cnn_epochs: int = 5
     """Epochs of the CNN in the learning-rate × momentum and size sweeps (the report: 30)."""
 
     nn_batch_epochs: int = 20
     """Passes over the training set of the NN's batch-size sweep, the same for every batch size."""
 
-    cnn_batch_epochs: int = 2
+    cnn_batch_epochs: int = 1
     """Passes over the training set of the CNN's batch-size sweep, the same for every batch size."""
 
     cnn_strategy: Literal["auto", "vmap", "sequential"] = "auto"
