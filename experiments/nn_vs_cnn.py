@@ -34,6 +34,7 @@ is below 0.6 (the report's threshold), for the best setting's first seed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from typing import Literal, NamedTuple
@@ -229,15 +230,25 @@ def load_data(config: Config, key) -> tuple[loop.Data, tuple, tuple]:
     return data, (px(x_test), lab(test.labels[: config.n_test])), train.class_names
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _softmax(task: loop.Task, params, x):
+    logits, _ = task.apply(params, {}, x, train=False, rng=None, hparams=None)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predict_members(task: loop.Task, stacked_params, x):
+    def one(p):
+        logits, _ = task.apply(p, {}, x, train=False, rng=None, hparams=None)
+        return jnp.argmax(logits, axis=-1)
+
+    return jax.vmap(one)(stacked_params).T  # [n, M]: chunks concatenate along examples
+
+
 def predict_proba(task: loop.Task, params, x, chunk: int = 2000) -> np.ndarray:
-    """Softmax probabilities ``[n, classes]`` of one member's ``params`` (eval mode)."""
-
-    @jax.jit
-    def f(p, xb):
-        logits, _ = task.apply(p, {}, xb, train=False, rng=None, hparams=None)
-        return jax.nn.softmax(logits, axis=-1)
-
-    return _chunked(f, params, x, chunk)
+    """Softmax probabilities ``[n, classes]`` of one member's ``params`` (eval mode; compiled
+    once per task and chunk shape)."""
+    return _chunked(functools.partial(_softmax, task), params, x, chunk)
 
 
 def _chunked(f, params, x, chunk):
@@ -259,16 +270,7 @@ def test_accuracy(task: loop.Task, stacked_params, x, y, *, vmapped: bool) -> np
     y = np.asarray(y)
     n_members = jax.tree.leaves(stacked_params)[0].shape[0]
     if vmapped:
-
-        @jax.jit
-        def f(p, xb):
-            def one(q):
-                logits, _ = task.apply(q, {}, xb, train=False, rng=None, hparams=None)
-                return jnp.argmax(logits, axis=-1)
-
-            return jax.vmap(one)(p).T  # [n, M]: chunks concatenate along examples
-
-        pred = _chunked(f, stacked_params, x, 2000).T
+        pred = _chunked(functools.partial(_predict_members, task), stacked_params, x, 2000).T
         return (pred == y[None]).mean(axis=1)
     accs = []
     for i in range(n_members):
