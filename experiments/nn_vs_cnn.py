@@ -754,14 +754,20 @@ def report_rows(metrics) -> list[ReportRow]:
                 )
             )
     for m in MODELS:
-        div = [r for r in _rows_of(metrics, "lr_momentum", m) if r["diverged"] > 0]
-        if _rows_of(metrics, "lr_momentum", m):
+        grid_rows = _rows_of(metrics, "lr_momentum", m)
+        div = [r for r in grid_rows if r["diverged"] > 0]
+        chance = [r for r in grid_rows if r.get("at_chance")]
+        if grid_rows:
             out.append(
                 ReportRow(
                     f"{m.upper()}: diverged members (lr × momentum grid)",
                     "— (not reported)",
                     ", ".join(f"{r['setting']}: {r['diverged']:.0%}" for r in div) or "none",
-                    "frozen and flagged by the sweep; the other members are unaffected",
+                    "frozen and flagged by the sweep, the other members unaffected; "
+                    f"finished at chance (validation accuracy < {CHANCE_BELOW:.0%}): "
+                    + (
+                        ", ".join(f"{r['setting']}: {r['at_chance']:.0%}" for r in chance) or "none"
+                    ),
                 )
             )
     for m in MODELS:

@@ -140,3 +140,60 @@ def test_quick_run_nn_lr_momentum(tmp_path):
     for fig in ("curves_lr_momentum_nn.png", "first_layer.png"):
         assert (out / fig).stat().st_size > 1000
     assert "37,079" in (out / "report.md").read_text()
+
+
+def _row(setting, val, *, diverged=0.0, **cols):
+    return {
+        "setting": setting,
+        "val_acc_mean": val,
+        "val_acc_std": 0.01,
+        "diverged": diverged,
+        "at_chance": 0.0,
+        "val_acc_gain_last_tenth": cols.pop("gain", 0.0),
+        "val_loss_mean": cols.pop("loss", 1.0),
+        "train_acc_mean": val,
+        "train_loss_mean": 1.0,
+        "test_acc_mean": val,
+        "test_acc_std": 0.01,
+        "seeds": 2,
+        "epochs": 10,
+        **cols,
+    }
+
+
+def _metrics(nn_lrs):
+    """Synthetic metrics: NN validation accuracy per learning rate (momentum 0)."""
+    rows = [
+        _row(f"lr={lr:g}, momentum=0", v, learning_rate=lr, momentum=0.0, gain=0.02)
+        for lr, v in nn_lrs.items()
+    ]
+    meta = {
+        "dataset": "fashion_mnist", "n_train": 3400, "n_val": 1000, "n_test": 10000,
+        "seeds": {"nn": 2, "cnn": 2}, "epochs": {"nn": 10, "cnn": 5},
+        "batch_epochs": {"nn": 2, "cnn": 1}, "timing_s": {}, "strategy": {},
+    }  # fmt: skip
+    return {
+        "param_counts": e8.param_counts(),
+        "lr_momentum": {"nn": rows},
+        "best": {},
+        "uncertain": {},
+        "_meta": meta,
+    }
+
+
+def test_report_states_a_difference_only_where_the_run_shows_one():
+    agree = _metrics({0.001: 0.7, 0.01: 0.8, 0.1: 0.75})
+    assert "NN learning rate" not in e8.report_notes(agree)
+    differ = _metrics({0.001: 0.7, 0.01: 0.75, 0.1: 0.8})
+    notes = e8.report_notes(differ)
+    assert "the report found its default 0.01 best; we find 0.1" in notes
+    assert "still rose by 2.0 points" in notes  # the gain of the default's curve, as measured
+    row = next(r for r in e8.report_rows(differ) if "learning rate (momentum 0)" in r.figure)
+    assert row.ours == "best 0.1"
+    # A setting where a seed diverged is never the best.
+    diverging = _metrics({0.01: 0.75})
+    diverging["lr_momentum"]["nn"].append(
+        _row("lr=1, momentum=0", 0.9, diverged=0.5, learning_rate=1.0, momentum=0.0)
+    )
+    row = next(r for r in e8.report_rows(diverging) if "learning rate (momentum 0)" in r.figure)
+    assert row.ours == "best 0.01" and "50% of seeds diverged" in row.note
