@@ -45,7 +45,7 @@ import numpy as np
 
 from mljax.config import CommonConfig
 from mljax.data import images
-from mljax.experiment import ReportRow, cli_main
+from mljax.experiment import ReportRow, cli_main, markdown_table
 from mljax.nn import models
 from mljax.plots import save_figure
 from mljax.progress import progress
@@ -819,6 +819,30 @@ def report_rows(metrics) -> list[ReportRow]:
     return out
 
 
+def setting_table(metrics) -> list[str]:
+    """Markdown lines: one row per sweep setting with its final accuracies and diverged share."""
+    body = []
+    for kind in SWEEPS:
+        for m in MODELS:
+            for r in _rows_of(metrics, kind, m):
+                ta = r["test_acc_mean"]
+                body.append(
+                    [
+                        kind,
+                        m.upper(),
+                        r["setting"],
+                        r["epochs"],
+                        _acc(r) if r["val_acc_mean"] is not None else "—",
+                        _pct(_gap(r)),
+                        "—" if ta is None else f"{_pct(ta)} ± {_pct(r['test_acc_std'])} %",
+                        f"{r['diverged']:.0%}",
+                    ]
+                )
+    header = ["sweep", "model", "setting", "epochs", "validation accuracy", "gap (points)",
+              "test accuracy", "diverged"]  # fmt: skip
+    return markdown_table(header, body)
+
+
 def _conditions(meta) -> str:
     """The setup facts that differ from the report's, from the run's own configuration."""
     ep = meta["epochs"]
@@ -934,6 +958,7 @@ def report_notes(metrics) -> str:
                     else "which does not show the report's reading."
                 )
             )
+    lines += ["", "## Final validation accuracy per setting", "", *setting_table(metrics)]
     if diffs:
         lines += [
             "",
