@@ -855,6 +855,89 @@ def _conditions(meta) -> str:
     )
 
 
+LN_CLASSES = float(np.log(N_CLASSES))  # cross-entropy of a uniform prediction
+
+
+def _divergence_notes(metrics) -> list[str]:
+    """Where the report's diverging corner (lr 1, momentum 0.9) did not diverge but collapsed."""
+    out = []
+    for m in MODELS:
+        rows = _rows_of(metrics, "lr_momentum", m)
+        corner = next((r for r in rows if r["learning_rate"] == 1.0 and r["momentum"] == 0.9), None)
+        if corner is None or corner["diverged"] > 0:
+            continue
+        collapsed = [
+            r
+            for r in rows
+            if r["diverged"] == 0
+            and r.get("at_chance") == 1.0
+            and r["val_loss_mean"] is not None
+            and abs(r["val_loss_mean"] - LN_CLASSES) < 0.05
+        ]
+        if corner not in collapsed:
+            continue
+        out.append(
+            f"- **{m.upper()} at lr 1, momentum 0.9**: no member met the divergence test "
+            "(a non-finite loss, or a loss above 10^4 × its first one), so none is flagged "
+            "diverged; every seed of "
+            + "; ".join(r["setting"] for r in collapsed)
+            + f" ended at chance (validation accuracy < {CHANCE_BELOW:.0%}) with validation "
+            "cross-entropy "
+            + ", ".join(f"{r['val_loss_mean']:.3f}" for r in collapsed)
+            + f" against ln {N_CLASSES} = {LN_CLASSES:.3f}, the loss of a uniform prediction, "
+            "without an overflow."
+        )
+    return out
+
+
+def _default_notes(metrics) -> list[str]:
+    """NN vs CNN at the course code's defaults, where the CNN is not ahead."""
+    d = {
+        m: next((r for r in lr_rows(metrics, m) if r["learning_rate"] == DEFAULT_LR[m]), None)
+        for m in MODELS
+    }
+    if None in d.values() or None in (d["nn"]["test_acc_mean"], d["cnn"]["test_acc_mean"]):
+        return []
+    if d["cnn"]["test_acc_mean"] > d["nn"]["test_acc_mean"]:
+        return []
+    text = (
+        f"- **CNN vs NN at the defaults**: the report's CNN (30 epochs) beat its NN; our CNN "
+        f"({d['cnn']['epochs']} epochs) reaches {_pct(d['cnn']['test_acc_mean'])} % test accuracy "
+        f"against the NN's {_pct(d['nn']['test_acc_mean'])} % ({d['nn']['epochs']} epochs)."
+    )
+    gain = d["cnn"].get("val_acc_gain_last_tenth")
+    if gain is not None and gain > 0.005:
+        text += (
+            f" The CNN's validation accuracy still rose by {_pct(gain)} points over its last "
+            "tenth of training: it had not converged in our shorter run."
+        )
+    return [text]
+
+
+def _size_notes(metrics) -> list[str]:
+    out = []
+    rows = {tuple(r["hidden"]): r for r in _rows_of(metrics, "sizes", "nn")}
+    series = [rows[k] for k in sorted(rows) if k[1] == 32]  # first layer varied, second 32
+    gaps = [_gap(r) for r in series]
+    if len(series) >= 3 and None not in gaps and not all(np.diff(gaps) > 0):
+        out.append(
+            "- **NN first-layer size**: the report saw the train-validation gap grow with the "
+            "first layer; ours does not grow steadily (gap in points, second layer 32: "
+            + "; ".join(f"{r['hidden'][0]}: {_pct(g)}" for r, g in zip(series, gaps, strict=True))
+            + "). Conditions that differ: the setup differences above."
+        )
+    rows = _rows_of(metrics, "sizes", "cnn")
+    if rows and all(r["diverged"] == 0 and r.get("at_chance") == 0 for r in rows):
+        out.append(
+            f"- **CNN filters** (momentum {SIZES_MOMENTUM:g}, lr {DEFAULT_LR['cnn']:g}): the "
+            "report's CNNs with more filters did not converge; every seed of every filter "
+            "setting here trains past chance (validation accuracy "
+            + "; ".join(f"{r['setting'].split('=')[1]}: {_pct(r['val_acc_mean'])} %" for r in rows)
+            + "). Conditions that differ: the setup differences above."
+        )
+    return out
+
+
 def report_notes(metrics) -> str:
     meta = metrics["_meta"]
     sd, ep, be = meta["seeds"], meta["epochs"], meta["batch_epochs"]
@@ -894,8 +977,8 @@ def report_notes(metrics) -> str:
         if gain is not None and gain > 0.005:
             text += (
                 f" At {DEFAULT_LR[m]:g} our validation accuracy still rose by {_pct(gain)} "
-                "points over the last tenth of training: it had not converged in our "
-                f"{ep[m]} epochs."
+                f"points over the last tenth of training ({-(-ep[m] // 10)} epoch(s)): it had "
+                f"not converged in our {ep[m]} epochs."
             )
         diffs.append(text + f" Conditions that differ: {cond}.")
     for m in MODELS:
@@ -939,10 +1022,11 @@ def report_notes(metrics) -> str:
                 for r in rows
                 if r["val_loss_mean"] is not None
             )
-            + f"). Every batch size here sees the same {be[m]} passes over the data, so "
+            + f"). Every batch size here sees the same {be[m]} pass(es) over the data, so "
             "smaller batches take more steps with the same learning rate (the report does "
             "not say whether it fixed epochs or steps)."
         )
+    diffs += _divergence_notes(metrics) + _default_notes(metrics) + _size_notes(metrics)
     u = metrics.get("uncertain", {})
     for m, v in u.items():
         if v["acc_uncertain"] is not None and v["acc_certain"] is not None:
