@@ -84,6 +84,14 @@ REGISTRY: tuple[ExperimentInfo, ...] = (
         "E7",
     ),
     ExperimentInfo(
+        "nn_vs_cnn",
+        "000_83718215b190346b.txt",
+        "CSC2515 A2 Question 3",
+        "NN (16, 8) vs CNN (5x5x8, 5x5x16) on Fashion-MNIST/MNIST: lr x momentum, batch size "
+        "and layer-size sweeps over seeds; filters, uncertain examples, parameter counts",
+        "E8",
+    ),
+    ExperimentInfo(
         "mog",
         "000_83718215b190346b.txt",
         "CSC2515 A2 Question 4",

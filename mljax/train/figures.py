@@ -1,6 +1,6 @@
-"""Training figures (matplotlib, Agg): decision boundaries, loss curves with std bands and
-confusion matrices. Each draws on a given ``ax`` and returns what it drew; save with
-:func:`mljax.plots.save_figure`."""
+"""Training figures (matplotlib, Agg): decision boundaries, loss curves with std bands,
+confusion matrices, first-layer filters, probability bars. Each draws on a given ``ax`` and
+returns what it drew; save with :func:`mljax.plots.save_figure`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from mljax.plots import curve_with_band
+from mljax.plots import curve_with_band, image_grid
 from mljax.train.sweep import GroupStats
 
-__all__ = ["confusion_matrix_plot", "curves_with_bands", "decision_boundary"]
+__all__ = [
+    "confusion_matrix_plot",
+    "curves_with_bands",
+    "decision_boundary",
+    "first_layer_filters",
+    "probability_bars",
+]
 
 
 def decision_boundary(
@@ -165,3 +171,57 @@ def confusion_matrix_plot(ax, cm: np.ndarray, class_names: Sequence[str] | None 
                 color="w" if norm[i, j] > 0.5 else "k",
             )
     return im
+
+
+def first_layer_filters(ax, kernel: np.ndarray, *, image_shape: tuple[int, int] | None = None):
+    """First-layer weights as an image grid.
+
+    Args:
+        kernel: a conv kernel ``[kh, kw, c, f]`` (one tile per filter, channel mean when
+            c ∉ {1, 3}) or a dense kernel ``[h·w, f]`` with ``image_shape = (h, w)``.
+    """
+    kernel = np.asarray(kernel)
+    if kernel.ndim == 4:
+        tiles = np.moveaxis(kernel, -1, 0)  # [f, kh, kw, c]
+        if tiles.shape[-1] == 1:
+            tiles = tiles[..., 0]
+        elif tiles.shape[-1] != 3:
+            tiles = tiles.mean(axis=-1)
+    elif kernel.ndim == 2:
+        if image_shape is None or int(np.prod(image_shape)) != kernel.shape[0]:
+            raise ValueError(
+                f"a dense kernel {kernel.shape} needs image_shape with h·w = {kernel.shape[0]}"
+            )
+        tiles = kernel.T.reshape(kernel.shape[1], *image_shape)
+    else:
+        raise ValueError(f"kernel must be [kh, kw, c, f] or [d, f], got shape {kernel.shape}")
+    return image_grid(ax, tiles)
+
+
+def probability_bars(
+    axes,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    images: np.ndarray | None = None,
+):
+    """For each example: its image (optional) and a bar chart of class probabilities.
+
+    Args:
+        axes: array of axes ``[n, 2]`` with images, else ``[n]``.
+        probs: ``[n, k]`` predicted probabilities; labels: ``[n]`` true classes.
+    """
+    probs = np.asarray(probs)
+    axes = np.asarray(axes)
+    for i in range(probs.shape[0]):
+        if images is not None:
+            axi, axb = axes[i]
+            axi.imshow(np.asarray(images[i]).squeeze(), cmap="gray")
+            axi.set_axis_off()
+        else:
+            axb = axes[i]
+        colors = ["tab:green" if c == labels[i] else "tab:gray" for c in range(probs.shape[1])]
+        axb.bar(range(probs.shape[1]), probs[i], color=colors)
+        axb.set_ylim(0, 1)
+        axb.set_xticks(range(probs.shape[1]), list(class_names), rotation=90, fontsize=5)
+    return axes
