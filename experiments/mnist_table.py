@@ -50,9 +50,9 @@ from mljax import metrics as mx
 from mljax.config import CommonConfig
 from mljax.data import images
 from mljax.data.batches import train_val_split
+from mljax.distributed import is_main_process
 from mljax.experiment import ReportRow, cli_main, markdown_table
 from mljax.nn import models
-from mljax.plots import save_figure
 from mljax.progress import progress
 from mljax.results import atomic_write_text
 from mljax.train import figures, loop, sweep, tasks
@@ -387,7 +387,10 @@ def _stage_paths(stage_dir: Path, fp: dict) -> tuple[Path, Path]:
 
 
 def save_stage(stage_dir: Path, fp: dict, stage: Stage) -> None:
-    """Writes the stage (npz, then its json: the json's presence marks a complete stage)."""
+    """Writes the stage (npz, then its json: the json's presence marks a complete stage); in a
+    multi-process run only process 0 writes."""
+    if not is_main_process():
+        return
     npz, meta = _stage_paths(stage_dir, fp)
     stage_dir.mkdir(parents=True, exist_ok=True)
     tmp = npz.with_suffix(".tmp.npz")
@@ -643,7 +646,7 @@ def _figures(config, split, stages, choices, out_models, run_dir) -> None:
         ax.set_title(f"({m}) {MODELS[m][0]}, lr {ch.lr:g}", fontsize=8)
     fig.suptitle(f"{title_data}: error per epoch, mean ± std over seeds, chosen learning rate")
     fig.tight_layout()
-    save_figure(fig, run_dir.file("error_curves.png"))
+    run_dir.write_figure(fig, "error_curves.png")
 
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
     for ax, m in zip(axes[0], keys, strict=True):
@@ -657,7 +660,7 @@ def _figures(config, split, stages, choices, out_models, run_dir) -> None:
         ax.set_title(f"({m}) {MODELS[m][0]}", fontsize=8)
     fig.suptitle(f"{title_data}: validation error per learning rate (mean ± std over seeds)")
     fig.tight_layout()
-    save_figure(fig, run_dir.file("val_error_per_lr.png"))
+    run_dir.write_figure(fig, "val_error_per_lr.png")
 
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
     for ax, m in zip(axes[0], keys, strict=True):
@@ -668,7 +671,7 @@ def _figures(config, split, stages, choices, out_models, run_dir) -> None:
         ax.set_title(f"({m}) lr {st.lr[b]:g}, seed {st.seed[b]}: {100 * err:.2f} %", fontsize=8)
     fig.suptitle(f"{title_data} test set: confusion matrix of each model's best run")
     fig.tight_layout()
-    save_figure(fig, run_dir.file("confusion_matrices.png"))
+    run_dir.write_figure(fig, "confusion_matrices.png")
 
     fig, ax = plt.subplots(figsize=(1.8 * n + 3, 3.8))
     width = 0.2
@@ -707,7 +710,7 @@ def _figures(config, split, stages, choices, out_models, run_dir) -> None:
     ax.set_title(f"{title_data}: test error at the chosen (lr, epoch)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    save_figure(fig, run_dir.file("error_table.png"))
+    run_dir.write_figure(fig, "error_table.png")
     plt.close("all")
 
 

@@ -47,7 +47,6 @@ from mljax.config import CommonConfig
 from mljax.data import images
 from mljax.experiment import ReportRow, cli_main, markdown_table
 from mljax.nn import models
-from mljax.plots import save_figure
 from mljax.progress import progress
 from mljax.train import figures, loop, sweep, tasks
 
@@ -560,7 +559,7 @@ def _curve_figures(run_dir, outs, grid: Grids):
                     ax.set_yscale("log")
                     ax.set_title(f"{model.upper()}: {title}", fontsize=9)
                 ax.legend(fontsize=6)
-        save_figure(fig, run_dir.file(f"curves_{kind}_{model}.png"))
+        run_dir.write_figure(fig, f"curves_{kind}_{model}.png")
 
 
 def _filter_figure(run_dir, kept_best):
@@ -577,7 +576,7 @@ def _filter_figure(run_dir, kept_best):
         else:
             figures.first_layer_filters(ax, kernel)
             ax.set_title(f"CNN first-layer 5×5 filters ({kernel.shape[-1]})\n{setting}", fontsize=8)
-    save_figure(fig, run_dir.file("first_layer.png"))
+    run_dir.write_figure(fig, "first_layer.png")
 
 
 def _uncertain_figure(run_dir, model, probs, unc, test, class_names, setting, shown: int = 6):
@@ -599,7 +598,7 @@ def _uncertain_figure(run_dir, model, probs, unc, test, class_names, setting, sh
         )
     fig.suptitle(f"{model.upper()}: test examples with max softmax < {UNCERTAIN_BELOW}\n{setting}",
                  fontsize=8)  # fmt: skip
-    save_figure(fig, run_dir.file(f"uncertain_{model}.png"))
+    run_dir.write_figure(fig, f"uncertain_{model}.png")
 
 
 # ----------------------------------------------------------------------------- report
