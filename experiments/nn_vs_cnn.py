@@ -730,28 +730,22 @@ def report_rows(metrics) -> list[ReportRow]:
             )
         )
     for m in MODELS:
-        rows = lr_rows(metrics, m)
-        if rows:
-            b = _best_of(rows)
-            out.append(
-                ReportRow(
-                    f"{m.upper()}: validation accuracy vs learning rate (momentum 0)",
-                    SEED_SAYS[("lr", m)],
-                    f"best {b['learning_rate']:g}" if b else "none finished",
-                    _trend(rows, "learning_rate", _acc),
+        one_axis = (
+            ("lr", lr_rows, "learning_rate", "learning rate (momentum 0)"),
+            ("momentum", momentum_rows, "momentum", f"momentum (lr {DEFAULT_LR[m]:g})"),
+        )
+        for seed_key, rows_of, field, label in one_axis:
+            rows = rows_of(metrics, m)
+            if rows:
+                b = _best_of(rows)
+                out.append(
+                    ReportRow(
+                        f"{m.upper()}: validation accuracy vs {label}",
+                        SEED_SAYS[(seed_key, m)],
+                        f"best {b[field]:g}" if b else "none finished",
+                        _trend(rows, field, _acc),
+                    )
                 )
-            )
-        rows = momentum_rows(metrics, m)
-        if rows:
-            b = _best_of(rows)
-            out.append(
-                ReportRow(
-                    f"{m.upper()}: validation accuracy vs momentum (lr {DEFAULT_LR[m]:g})",
-                    SEED_SAYS[("momentum", m)],
-                    f"best {b['momentum']:g}" if b else "none finished",
-                    _trend(rows, "momentum", _acc),
-                )
-            )
     for m in MODELS:
         grid_rows = _rows_of(metrics, "lr_momentum", m)
         div = [r for r in grid_rows if r["diverged"] > 0]

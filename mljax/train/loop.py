@@ -604,23 +604,22 @@ def evaluate(task: Task, params, state, x, y, hp: Hyper, *, batch_size: int = 20
     return {k: v / n for k, v in sums.items()}
 
 
+def _eval_sets(cfg: TrainConfig, data: Data) -> list[tuple[str, Any, Any]]:
+    """The ``(prefix, x, y)`` sets evaluated after every epoch: train (when ``eval_train``),
+    then the validation and test sets the data has."""
+    sets = [("train", data.x_train, data.y_train)] if cfg.eval_train else []
+    for prefix in ("val", "test"):
+        x = getattr(data, f"x_{prefix}")
+        if x is not None:
+            sets.append((prefix, x, getattr(data, f"y_{prefix}")))
+    return sets
+
+
 def _eval_all(task, cfg, params, state, data: Data, hp) -> dict:
     out = {}
-    if cfg.eval_train:
-        for k, v in evaluate(
-            task, params, state, data.x_train, data.y_train, hp, batch_size=cfg.eval_batch_size
-        ).items():
-            out[f"train_{k}"] = v
-    if data.x_val is not None:
-        for k, v in evaluate(
-            task, params, state, data.x_val, data.y_val, hp, batch_size=cfg.eval_batch_size
-        ).items():
-            out[f"val_{k}"] = v
-    if data.x_test is not None:
-        for k, v in evaluate(
-            task, params, state, data.x_test, data.y_test, hp, batch_size=cfg.eval_batch_size
-        ).items():
-            out[f"test_{k}"] = v
+    for prefix, x, y in _eval_sets(cfg, data):
+        for k, v in evaluate(task, params, state, x, y, hp, batch_size=cfg.eval_batch_size).items():
+            out[f"{prefix}_{k}"] = v
     return out
 
 
@@ -640,12 +639,8 @@ def history_keys(task: Task, cfg: TrainConfig, data: Data) -> tuple[str, ...]:
 
         probe += list(jax.eval_shape(names, x, y).keys())
     keys = ["train_batch_loss", "lr"]
-    if cfg.eval_train:
-        keys += [f"train_{k}" for k in probe]
-    if data.x_val is not None:
-        keys += [f"val_{k}" for k in probe]
-    if data.x_test is not None:
-        keys += [f"test_{k}" for k in probe]
+    for prefix, _x, _y in _eval_sets(cfg, data):
+        keys += [f"{prefix}_{k}" for k in probe]
     return tuple(keys)
 
 
@@ -680,14 +675,12 @@ def check_inputs(task: Task, cfg: TrainConfig, data: Data, hp: Hyper | None = No
     n = int(np.shape(data.x_train)[0])
     if np.shape(data.y_train)[0] != n:
         raise ValueError(f"x_train has {n} rows but y_train has {np.shape(data.y_train)[0]}")
-    if (data.x_val is None) != (data.y_val is None):
-        raise ValueError("give both x_val and y_val, or neither")
-    if data.x_val is not None and np.shape(data.x_val)[0] != np.shape(data.y_val)[0]:
-        raise ValueError("x_val and y_val have different numbers of rows")
-    if (data.x_test is None) != (data.y_test is None):
-        raise ValueError("give both x_test and y_test, or neither")
-    if data.x_test is not None and np.shape(data.x_test)[0] != np.shape(data.y_test)[0]:
-        raise ValueError("x_test and y_test have different numbers of rows")
+    for prefix in ("val", "test"):
+        x, y = getattr(data, f"x_{prefix}"), getattr(data, f"y_{prefix}")
+        if (x is None) != (y is None):
+            raise ValueError(f"give both x_{prefix} and y_{prefix}, or neither")
+        if x is not None and np.shape(x)[0] != np.shape(y)[0]:
+            raise ValueError(f"x_{prefix} and y_{prefix} have different numbers of rows")
     if cfg.batch_size > n:
         raise ValueError(
             f"batch_size {cfg.batch_size} is larger than the training set ({n} examples)"
@@ -1006,12 +999,7 @@ def _eval_set(pl: _PythonLoop, cfg: TrainConfig, params, state, x, y, hp) -> dic
 def _end_epoch(pl: _PythonLoop, cfg: TrainConfig, data: Data, ls: LoopState, hp) -> LoopState:
     record = {}
     ts = ls.train
-    sets = [("train", data.x_train, data.y_train)] if cfg.eval_train else []
-    if data.x_val is not None:
-        sets.append(("val", data.x_val, data.y_val))
-    if data.x_test is not None:
-        sets.append(("test", data.x_test, data.y_test))
-    for prefix, x, y in sets:
+    for prefix, x, y in _eval_sets(cfg, data):
         for k, v in _eval_set(pl, cfg, ts.params, ts.model_state, x, y, hp).items():
             record[f"{prefix}_{k}"] = v
     return pl.end_epoch(ls, record, hp)
