@@ -13,14 +13,18 @@ from the same start, same iterations). The restart case compares our vmapped ``n
 divided by our time; ``peak_gflops`` is a plain float32 ``[2048, 2048]`` matmul in the same
 process, so their ratio says how far from matmul-bound the iteration runs.
 
-Usage: ``python -m benchmarks.gmm [--quick] [--out FILE] [--iters N] [--repeats R]``.
+Usage: ``python -m benchmarks.gmm [--quick] [--out FILE] [--iters N] [--repeats R]
+[--case SUBSTRING ...]``.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import sys
 import time
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +32,8 @@ import numpy as np
 
 from benchmarks.peak import matmul_peak_gflops
 from mljax.cluster import gmm
+from mljax.config import parse
+from mljax.experiment import default_out_dir
 from mljax.malloc_tuning import tune_for_command_line
 from mljax.results import atomic_write_json
 
@@ -44,6 +50,39 @@ QUICK_CASES = [
     ("diag 2k×4 K=3", "diag", 2_000, 4, 3, 1),
     ("restarts n_init=2 full 2k×2 K=3", "full", 2_000, 2, 3, 2),
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """GMM EM per iteration: mljax vs scikit-learn GaussianMixture and gmmx, same start."""
+
+    quick: bool = False
+    """Tiny sizes (2k points) for smoke tests."""
+
+    out: str | None = None
+    """JSON file for the result rows (default: $MLJAX_RESULTS_DIR or results, then bench/gmm.json)."""
+
+    iters: int | None = None
+    """EM iterations per fit, tol = 0 (default 30; --quick 5)."""
+
+    repeats: int | None = None
+    """Warm timed fits per side; the best is kept (default 2; --quick 1)."""
+
+    case: tuple[str, ...] = ()
+    """Run only the cases whose name contains one of these strings (default: all)."""
+
+    def validate(self) -> None:
+        for name in ("iters", "repeats"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be >= 1, got {value}")
+        if self.case and not self.cases():
+            names = [c[0] for c in (QUICK_CASES if self.quick else CASES)]
+            raise ValueError(f"--case {' '.join(self.case)} matches none of {names}")
+
+    def cases(self) -> list[tuple]:
+        cases = QUICK_CASES if self.quick else CASES
+        return [c for c in cases if not self.case or any(s in c[0] for s in self.case)]
 
 
 def make_data(n, d, k, seed=0):
@@ -246,27 +285,24 @@ def markdown(rows):
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    ap.add_argument("--out", default=None, help="write the JSON rows here")
-    ap.add_argument("--iters", type=int, default=None, help="EM iterations (default 30; quick 5)")
-    ap.add_argument("--repeats", type=int, default=None, help="warm repeats (default 2; quick 1)")
-    ap.add_argument("--case", action="append", default=None, help="run only cases containing this")
-    args = ap.parse_args(argv)
-    iters = args.iters or (5 if args.quick else 30)
-    repeats = args.repeats or (1 if args.quick else 2)
-    cases = QUICK_CASES if args.quick else CASES
-    if args.case:
-        cases = [c for c in cases if any(s in c[0] for s in args.case)]
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse(Config, argv, prog="python -m benchmarks.gmm",
+                       description=(__doc__ or "").strip())  # fmt: skip
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    iters = config.iters or (5 if config.quick else 30)
+    repeats = config.repeats or (1 if config.quick else 2)
     rows = []
     peak = matmul_peak_gflops()
-    for case in cases:
+    for case in config.cases():
         rows.extend(bench_case(*case, iters=iters, repeats=repeats, peak=peak))
     print(f"GMM EM, {iters} iterations, tol=0, float32 data; devices: {jax.devices()}")
     print(markdown(rows))
-    if args.out:
-        atomic_write_json(args.out, rows)
+    out = Path(config.out) if config.out else default_out_dir("bench") / "gmm.json"
+    atomic_write_json(out, rows)
+    print(f"rows written to {out}")
     return 0
 
 

@@ -6,14 +6,17 @@ float32. Times are per Lloyd iteration, best of ``--repeats``; our compile time 
 apart (first call minus a warm call). Agreement: relative inertia difference.
 The n_init = 8 case times 8 restarts (ours vmapped; scikit-learn's n_init loop) per iteration.
 
-    python -m benchmarks.kmeans [--quick] [--out FILE]
+    python -m benchmarks.kmeans [--quick] [--out FILE] [--repeats N] [--case SUBSTRING ...]
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import sys
 import time
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -21,7 +24,8 @@ from sklearn.cluster import KMeans
 
 from benchmarks.peak import matmul_peak_gflops
 from mljax.cluster import kmeans
-from mljax.experiment import markdown_table
+from mljax.config import parse
+from mljax.experiment import default_out_dir, markdown_table
 from mljax.malloc_tuning import tune_for_command_line
 from mljax.results import atomic_write_json
 
@@ -33,6 +37,34 @@ CASES = [
     ("n_init=8, 200k×32 K=32", 200_000, 32, 32, 10, 8),
 ]
 QUICK_CASES = [("2k×4 K=3", 2000, 4, 3, 5, 1), ("n_init=2, 2k×4 K=3", 2000, 4, 3, 5, 2)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """k-means per Lloyd iteration: mljax vs scikit-learn KMeans(lloyd), same start."""
+
+    quick: bool = False
+    """Tiny sizes (2k × 4, K = 3; one repeat) for smoke tests."""
+
+    out: str | None = None
+    """JSON file for the result rows (default: $MLJAX_RESULTS_DIR or results, then bench/kmeans.json)."""
+
+    repeats: int = 3
+    """Timed fits per side; the best is kept (--quick: 1)."""
+
+    case: tuple[str, ...] = ()
+    """Run only the cases whose name contains one of these strings (default: all)."""
+
+    def validate(self) -> None:
+        if self.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.case and not self.cases():
+            names = [c[0] for c in (QUICK_CASES if self.quick else CASES)]
+            raise ValueError(f"--case {' '.join(self.case)} matches none of {names}")
+
+    def cases(self) -> list[tuple]:
+        cases = QUICK_CASES if self.quick else CASES
+        return [c for c in cases if not self.case or any(s in c[0] for s in self.case)]
 
 
 def _data(n, d, k, seed=0):
@@ -113,15 +145,16 @@ def run_case(name, n, d, k, iters, n_init, repeats, peak=None):
     }
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.kmeans", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    parser.add_argument("--out", default=None, help="write the JSON rows to this file")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (best is kept)")
-    args = parser.parse_args(argv)
-    cases = QUICK_CASES if args.quick else CASES
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse(Config, argv, prog="python -m benchmarks.kmeans",
+                       description=(__doc__ or "").strip())  # fmt: skip
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     peak = matmul_peak_gflops()
-    rows = [run_case(*c, repeats=1 if args.quick else args.repeats, peak=peak) for c in cases]
+    repeats = 1 if config.quick else config.repeats
+    rows = [run_case(*c, repeats=repeats, peak=peak) for c in config.cases()]
     header = ["case", "ours ms/it", "sklearn ms/it", "ratio", "compile s", "inertia rel. diff",
               "iterations (ours, sklearn)", "our matmul GFLOP/s (peak)"]  # fmt: skip
     body = [
@@ -131,8 +164,9 @@ def main(argv=None) -> int:
         for r in rows
     ]  # fmt: skip
     print("\n".join(markdown_table(header, body)))
-    if args.out:
-        atomic_write_json(args.out, rows)
+    out = Path(config.out) if config.out else default_out_dir("bench") / "kmeans.json"
+    atomic_write_json(out, rows)
+    print(f"rows written to {out}")
     return 0
 
 

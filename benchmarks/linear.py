@@ -17,13 +17,17 @@ Our time is the best warm call of ``--repeats``; compile time (first call minus 
 is reported apart. scikit-learn runs once per repeat in the same process.
 
     python -m benchmarks.linear [--quick] [--out FILE] [--repeats N] [--data-dir DIR]
+        [--cases {pca,fit,cv} ...]
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import sys
 import time
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -31,8 +35,9 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import PredefinedSplit, cross_val_score
 
+from mljax.config import parse
 from mljax.data import images
-from mljax.experiment import markdown_table
+from mljax.experiment import default_out_dir, markdown_table
 from mljax.linear import logistic_regression as lr
 from mljax.linear import model_selection as ms
 from mljax.linear import pca
@@ -132,23 +137,50 @@ def cv_row(x, y, n_folds, repeats):
     )  # fmt: skip
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.linear", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    parser.add_argument("--out", default=None, help="write the JSON rows to this file")
-    parser.add_argument("--repeats", type=int, default=2, help="timed warm calls (best kept)")
-    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST directory")
-    parser.add_argument(
-        "--cases", default="pca,fit,cv", help="comma-separated subset of pca, fit, cv"
-    )
-    args = parser.parse_args(argv)
-    size = QUICK if args.quick else FULL
-    repeats = 1 if args.quick else args.repeats
-    train = images.load("fashion_mnist", "train", data_dir=args.data_dir)
+CASES = ("pca", "fit", "cv")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """PCA, logistic regression and its 5-fold CV: mljax.linear vs scikit-learn, Fashion-MNIST."""
+
+    quick: bool = False
+    """Tiny sizes (one repeat) for smoke tests."""
+
+    out: str | None = None
+    """JSON file for the result rows (default: $MLJAX_RESULTS_DIR or results, then bench/linear.json)."""
+
+    repeats: int = 2
+    """Timed warm calls of ours; the best is kept (--quick: 1)."""
+
+    data_dir: str | None = None
+    """Directory holding Fashion-MNIST (default: the data layer's search path)."""
+
+    cases: tuple[str, ...] = CASES
+    """Which cases to run: any of pca (PCA fit), fit (one logistic regression), cv (5-fold CV)."""
+
+    def validate(self) -> None:
+        if self.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
+        unknown = [c for c in self.cases if c not in CASES]
+        if unknown or not self.cases:
+            raise ValueError(f"--cases must be a non-empty subset of {CASES}, got {self.cases}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse(Config, argv, prog="python -m benchmarks.linear",
+                       description=(__doc__ or "").strip())  # fmt: skip
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    size = QUICK if config.quick else FULL
+    repeats = 1 if config.quick else config.repeats
+    train = images.load("fashion_mnist", "train", data_dir=config.data_dir)
     n = size["n"]
     x = train.images[:n].reshape(n, -1).astype(np.float32) / 255.0
     y = np.asarray(train.labels[:n], np.int32)
-    cases = set(args.cases.split(","))
+    cases = set(config.cases)
     rows = []
     if "pca" in cases:
         rows += pca_rows(x, size["components"], repeats)
@@ -168,8 +200,9 @@ def main(argv=None) -> int:
                                                        "ratio", "compile_s", "agreement"}}  # fmt: skip
         if extra:
             print(f"{r['case']}: {extra}")
-    if args.out:
-        atomic_write_json(args.out, rows)
+    out = Path(config.out) if config.out else default_out_dir("bench") / "linear.json"
+    atomic_write_json(out, rows)
+    print(f"rows written to {out}")
     return 0
 
 

@@ -137,6 +137,10 @@ class GMMResult(NamedTuple):
         n_iter: number of EM iterations run.
         converged: whether the change in mean log-likelihood fell below ``tol``.
         n_reseeded: how many times a collapsed component was re-seeded.
+        restart_log_likelihood: ``[n_init]`` final mean log-likelihood of every restart, in
+            the order of the split keys (NaN for a restart that failed; the kept run is the
+            highest finite one, and its entry equals ``log_likelihood``).
+        restart_n_iter: ``[n_init]`` EM iterations of every restart.
     """
 
     params: GMMParams
@@ -145,6 +149,8 @@ class GMMResult(NamedTuple):
     n_iter: jax.Array
     converged: jax.Array
     n_reseeded: jax.Array
+    restart_log_likelihood: jax.Array | None = None
+    restart_n_iter: jax.Array | None = None
 
 
 class BICSelection(NamedTuple):
@@ -1101,10 +1107,14 @@ def _fit_impl(
 
     if n_init == 1:
         res = one(key)
+        res = res._replace(
+            restart_log_likelihood=res.log_likelihood[None], restart_n_iter=res.n_iter[None]
+        )
     else:
         runs = jax.vmap(one)(jax.random.split(key, n_init))
         best = jnp.argmax(jnp.where(jnp.isnan(runs.log_likelihood), -jnp.inf, runs.log_likelihood))
         res = jax.tree.map(lambda a: a[best], runs)
+        res = res._replace(restart_log_likelihood=runs.log_likelihood, restart_n_iter=runs.n_iter)
     return res._replace(params=_shift(res.params, -c0))
 
 

@@ -93,6 +93,9 @@ class KMeansResult(NamedTuple):
         n_iter: ``[]`` int32 number of Lloyd iterations run.
         converged: ``[]`` bool, True when a stopping criterion (strict or tolerance) was met
             before ``max_iter`` ran out.
+        restart_inertia: ``[n_init]`` final inertia of every restart, in the order of the
+            split keys (the kept run is the lowest; its entry equals ``inertia``).
+        restart_n_iter: ``[n_init]`` int32 Lloyd iterations of every restart.
     """
 
     centroids: jax.Array
@@ -100,6 +103,8 @@ class KMeansResult(NamedTuple):
     inertia: jax.Array
     n_iter: jax.Array
     converged: jax.Array
+    restart_inertia: jax.Array | None = None
+    restart_n_iter: jax.Array | None = None
 
 
 class _LloydState(NamedTuple):
@@ -377,10 +382,12 @@ def _fit_impl(key, x, w, tol, init_array, *, k, init, n_init, max_iter, chunk_si
 
     if n_init == 1:
         res = one(key)
+        res = res._replace(restart_inertia=res.inertia[None], restart_n_iter=res.n_iter[None])
     else:
         runs = jax.vmap(one)(jax.random.split(key, n_init))
         best = jnp.argmin(runs.inertia)
         res = jax.tree.map(lambda a: a[best], runs)
+        res = res._replace(restart_inertia=runs.inertia, restart_n_iter=runs.n_iter)
     return res._replace(centroids=res.centroids + mean[None])
 
 

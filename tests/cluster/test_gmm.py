@@ -430,11 +430,15 @@ def test_restarts_pick_best_of_split_keys(x64):
     x = blobs(n_per=40, spread=2.0)
     key = jax.random.key(3)
     best = gmm.fit(key, x, 4, init="random_from_data", n_init=4, max_iter=30)
-    singles = [
-        float(gmm.fit(kk, x, 4, init="random_from_data", max_iter=30).log_likelihood)
-        for kk in jax.random.split(key, 4)
+    runs = [
+        gmm.fit(kk, x, 4, init="random_from_data", max_iter=30) for kk in jax.random.split(key, 4)
     ]
+    singles = [float(r.log_likelihood) for r in runs]
     assert float(best.log_likelihood) == pytest.approx(max(singles), rel=1e-12)
+    # Every restart's objective and iteration count, in split-key order, as its single run.
+    np.testing.assert_allclose(np.asarray(best.restart_log_likelihood), singles, rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(best.restart_n_iter), [int(r.n_iter) for r in runs])
+    assert np.asarray(runs[0].restart_log_likelihood).shape == (1,)
 
 
 @pytest.mark.slow

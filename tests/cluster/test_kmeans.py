@@ -171,6 +171,10 @@ def test_n_init_returns_best_of_the_split_key_runs(x64):
     np.testing.assert_allclose(float(best.inertia), min(inertias), rtol=1e-12)
     i = int(np.argmin(inertias))
     np.testing.assert_allclose(np.asarray(best.centroids), np.asarray(singles[i].centroids))
+    # Every restart's objective and iteration count, in split-key order, as its single run.
+    np.testing.assert_allclose(np.asarray(best.restart_inertia), inertias, rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(best.restart_n_iter), [int(s.n_iter) for s in singles])
+    np.testing.assert_array_equal(np.asarray(singles[0].restart_n_iter), [int(singles[0].n_iter)])
 
 
 def test_random_init_picks_distinct_rows(x64):
