@@ -11,7 +11,9 @@ from the same start, same iterations). The restart case compares our vmapped ``n
 
 ``ours_gflops`` is the matmul work our EM iteration issues (flop model in :func:`matmul_flops`)
 divided by our time; ``peak_gflops`` is a plain float32 ``[2048, 2048]`` matmul in the same
-process, so their ratio says how far from matmul-bound the iteration runs.
+process, so their ratio says how far from matmul-bound the iteration runs. ``ours_gbs`` is one
+read of ``x`` per EM iteration (of all restarts) over our time, beside ``peak_gbs``, a streaming
+read of 512 MB in the same process (:func:`benchmarks.peak.memory_bandwidth_gbs`).
 
 Usage: ``python -m benchmarks.gmm [--quick] [--out FILE] [--iters N] [--repeats R]
 [--case SUBSTRING ...]``.
@@ -30,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.peak import matmul_peak_gflops
+from benchmarks.peak import matmul_peak_gflops, memory_bandwidth_gbs
 from mljax.cluster import gmm
 from mljax.config import parse
 from mljax.experiment import default_out_dir
@@ -202,7 +204,7 @@ def matmul_flops(covariance_type, n, d, k, n_init=1):
     return e_passes * e + second
 
 
-def bench_case(name, covariance_type, n, d, k, n_init, iters, repeats, peak):
+def bench_case(name, covariance_type, n, d, k, n_init, iters, repeats, peak, peak_gbs=None):
     x = make_data(n, d, k)
     start = start_params(x, k, covariance_type)
     rows = []
@@ -226,6 +228,7 @@ def bench_case(name, covariance_type, n, d, k, n_init, iters, repeats, peak):
     ours_ll = float(res.log_likelihood)
     ours_it = best / iters
     gflops = n_init * matmul_flops(covariance_type, n, d, k, n_init) / ours_it / 1e9
+    gbs = x.nbytes / ours_it / 1e9  # one read of x per iteration of all restarts
     compile_s = max(first - best, 0.0)
 
     sk_s, sk_dtype, sk_model = run_sklearn(x, k, covariance_type, iters, start, n_init, repeats)
@@ -248,6 +251,8 @@ def bench_case(name, covariance_type, n, d, k, n_init, iters, repeats, peak):
             "agreement": agree_sk,
             "ours_gflops": gflops,
             "peak_gflops": peak,
+            "ours_gbs": gbs,
+            "peak_gbs": peak_gbs,
         }
     )
     if n_init == 1:
@@ -265,6 +270,8 @@ def bench_case(name, covariance_type, n, d, k, n_init, iters, repeats, peak):
                 f"gmmx compile {gx_compile:.2f}s",
                 "ours_gflops": gflops,
                 "peak_gflops": peak,
+                "ours_gbs": gbs,
+                "peak_gbs": peak_gbs,
             }
         )
     return rows
@@ -273,14 +280,15 @@ def bench_case(name, covariance_type, n, d, k, n_init, iters, repeats, peak):
 def markdown(rows):
     lines = [
         "| case | ours ms/it | anchor | anchor ms/it | speed-up | our compile s | our matmul "
-        "GFLOP/s (peak) | agreement |",
-        "|---|---:|---|---:|---:|---:|---:|---|",
+        "GFLOP/s (peak) | x read GB/s (peak) | agreement |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['ours_s'] * 1e3:.2f} | {r['anchor']} | "
             f"{r['anchor_s'] * 1e3:.2f} | {r['ratio']:.2f}× | {r['compile_s']:.2f} | "
-            f"{r['ours_gflops']:.1f} ({r['peak_gflops']:.0f}) | {r['agreement']} |"
+            f"{r['ours_gflops']:.1f} ({r['peak_gflops']:.0f}) | "
+            f"{r['ours_gbs']:.1f} ({r['peak_gbs']:.1f}) | {r['agreement']} |"
         )
     return "\n".join(lines)
 
@@ -295,9 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     iters = config.iters or (5 if config.quick else 30)
     repeats = config.repeats or (1 if config.quick else 2)
     rows = []
-    peak = matmul_peak_gflops()
+    peak, peak_gbs = matmul_peak_gflops(), memory_bandwidth_gbs()
     for case in config.cases():
-        rows.extend(bench_case(*case, iters=iters, repeats=repeats, peak=peak))
+        rows.extend(bench_case(*case, iters=iters, repeats=repeats, peak=peak, peak_gbs=peak_gbs))
     print(f"GMM EM, {iters} iterations, tol=0, float32 data; devices: {jax.devices()}")
     print(markdown(rows))
     out = Path(config.out) if config.out else default_out_dir("bench") / "gmm.json"

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from sklearn.cluster import KMeans
 
-from benchmarks.peak import matmul_peak_gflops
+from benchmarks.peak import matmul_peak_gflops, memory_bandwidth_gbs
 from mljax.cluster import kmeans
 from mljax.config import parse
 from mljax.experiment import default_out_dir, markdown_table
@@ -91,7 +91,7 @@ def matmul_flops(n, d, k):
     return 2 * n * d * k * (2 if d >= kmeans.SCATTER_MAX_D else 1)
 
 
-def run_case(name, n, d, k, iters, n_init, repeats, peak=None):
+def run_case(name, n, d, k, iters, n_init, repeats, peak=None, peak_gbs=None):
     x = _data(n, d, k)
     rng = np.random.default_rng(1)
     c0 = x[rng.choice(n, k, replace=False)]
@@ -142,6 +142,9 @@ def run_case(name, n, d, k, iters, n_init, repeats, peak=None):
         "iterations": [our_iters, sk_iters],
         "ours_gflops": matmul_flops(n, d, k) / per_ours / 1e9,
         "peak_gflops": peak,
+        # One read of x per Lloyd iteration of all restarts, over the time of that iteration.
+        "ours_gbs": n * d * x.itemsize / (per_ours * n_init) / 1e9,
+        "peak_gbs": peak_gbs,
     }
 
 
@@ -152,15 +155,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    peak = matmul_peak_gflops()
+    peak, peak_gbs = matmul_peak_gflops(), memory_bandwidth_gbs()
     repeats = 1 if config.quick else config.repeats
-    rows = [run_case(*c, repeats=repeats, peak=peak) for c in config.cases()]
+    rows = [run_case(*c, repeats=repeats, peak=peak, peak_gbs=peak_gbs) for c in config.cases()]
     header = ["case", "ours ms/it", "sklearn ms/it", "ratio", "compile s", "inertia rel. diff",
-              "iterations (ours, sklearn)", "our matmul GFLOP/s (peak)"]  # fmt: skip
+              "iterations (ours, sklearn)", "our matmul GFLOP/s (peak)",
+              "x read GB/s (peak)"]  # fmt: skip
     body = [
         [r["case"], f"{1e3 * r['ours_s']:.2f}", f"{1e3 * r['anchor_s']:.2f}", f"{r['ratio']:.2f}",
          f"{r['compile_s']:.2f}", f"{r['agreement']:.1e}", f"{r['iterations']}",
-         f"{r['ours_gflops']:.1f} ({r['peak_gflops']:.0f})"]
+         f"{r['ours_gflops']:.1f} ({r['peak_gflops']:.0f})",
+         f"{r['ours_gbs']:.1f} ({r['peak_gbs']:.1f})"]
         for r in rows
     ]  # fmt: skip
     print("\n".join(markdown_table(header, body)))

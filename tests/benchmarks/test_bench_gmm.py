@@ -21,9 +21,11 @@ def test_quick_benchmark_writes_rows(tmp_path, capsys):
     for r in rows:
         assert set(r) == {
             "case", "ours_s", "anchor", "anchor_s", "ratio", "compile_s", "agreement",
-            "ours_gflops", "peak_gflops",
+            "ours_gflops", "peak_gflops", "ours_gbs", "peak_gbs",
         }  # fmt: skip
-        assert r["peak_gflops"] > 0
+        assert r["peak_gflops"] > 0 and r["peak_gbs"] > 0
+        # One read of the 2,000 × 4 float32 points (32,000 bytes) per iteration.
+        np.testing.assert_allclose(r["ours_gbs"] * r["ours_s"] * 1e9, 32_000, rtol=1e-9)
         # One diagonal EM iteration on 2,000 × 4 points, K = 3, responsibilities kept: the E pass
         # is two [2000, 4] × [4, 3] products (x² and x against the precisions), 96,000 flops;
         # the M pass's block product of the responsibilities is 2·2000·3·3·4 = 144,000.

@@ -27,7 +27,10 @@ def test_quick_writes_rows(tmp_path, capsys, monkeypatch):
         # One Lloyd iteration on 2,000 × 4 points and 3 centres: the distance product
         # [2000, 4] × [4, 3] is 2·2000·4·3 = 48,000 flops (4-wide rows: scatter-add sums).
         np.testing.assert_allclose(r["ours_gflops"] * r["ours_s"] * 1e9, 48_000, rtol=1e-9)
-        assert r["peak_gflops"] > 0
+        assert r["peak_gflops"] > 0 and r["peak_gbs"] > 0
+    # One read of the 2,000 × 4 float32 points (32,000 bytes) per iteration of all restarts.
+    for r, restarts in zip(rows, (1, 2), strict=True):
+        np.testing.assert_allclose(r["ours_gbs"] * r["ours_s"] * restarts * 1e9, 32_000, rtol=1e-9)
     # Per-iteration times: each side ran at least 2 fits × 5 iterations × n_init restarts.
     assert_timed_calls_fit(
         [(rows[0]["ours_s"], 10), (rows[0]["anchor_s"], 10), (rows[1]["ours_s"], 20),
