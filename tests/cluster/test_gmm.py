@@ -718,3 +718,28 @@ def test_em_iteration_is_traced_once_per_compiled_fit(monkeypatch):
     ]  # fmt: skip
     assert len(traces) == 1
     assert int(runs[0].n_iter) == 12  # the body ran many times on that one trace
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_restarts_share_one_wide_e_step_product(monkeypatch, covariance_type):
+    """n_init restarts read each chunk of x once for all of them: the chunk [256, d] meets the
+    whitening factors (full) or precisions (diag) of every restart's components, stacked as
+    [R, d, ·], in one dot_general, and no product batches x per restart."""
+    x = np.random.default_rng(0).normal(size=(600, 2)).astype(np.float32)
+    lowered = {}
+    fit_jit = gmm._fit_jit
+
+    def spy(*args, **kwargs):
+        lowered["text"] = fit_jit.lower(*args, **kwargs).as_text()
+        return fit_jit(*args, **kwargs)
+
+    monkeypatch.setattr(gmm, "_fit_jit", spy)
+    gmm.fit(jax.random.key(0), x, 3, covariance_type=covariance_type, init="random_from_data",
+            n_init=4, max_iter=2, chunk_size=256)  # fmt: skip
+    dots = [ln for ln in lowered["text"].splitlines() if "dot_general" in ln]
+    chunk_rows = [ln for ln in dots if "(tensor<256x2xf32>, tensor<4x2x" in ln]
+    # full: one [d, K·d] whitening product per restart, stacked; diag: x and x² against the
+    # [d, K] precisions.
+    width = 6 if covariance_type == "full" else 3
+    assert chunk_rows and all(f"-> tensor<256x4x{width}xf32>" in ln for ln in chunk_rows)
+    assert not any("batching_dims" in ln and "tensor<4x256x2xf32>" in ln for ln in dots)
