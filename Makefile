@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PYTEST_ARGS ?= -n 2
+# Two workers, each test file kept on one worker: a file's compiled programs and module fixtures
+# (quick experiment runs) are built once, not once per worker.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: demo test test-fast test-x64 lint format bench install clean
 
