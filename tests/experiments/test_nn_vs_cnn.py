@@ -53,6 +53,7 @@ def _tiny_data(n=40, n_val=20, n_test=30):
     return data, (x[n + n_val :], y[n + n_val :])
 
 
+@pytest.mark.slow
 def test_sweep_rows_equal_single_runs_and_diverged_member_is_flagged():
     """lr × momentum sweep of the NN with a diverging rate (1e4): its members are flagged, every
     other setting's row equals the statistics of its seeds trained alone by loop.train."""

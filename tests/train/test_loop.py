@@ -359,6 +359,7 @@ def test_python_loop_compiles_the_step_once_across_epochs_and_runs():
 
 
 @pytest.mark.parametrize("strategy", ["scan", "python"])
+@pytest.mark.slow
 def test_test_set_is_evaluated_every_epoch_and_never_changes_training(strategy):
     """A test set equal to the validation set gives test_* curves equal to val_*; adding it
     leaves the parameters and the other curves bit-identical (it only observes)."""
