@@ -138,9 +138,10 @@ class FakeStore:
     ],
     ids=["silent", "failed", "no-coordinator"],
 )
-def test_watchdog_verdict_interrupts_the_run(store, verdict):
+def test_watchdog_verdict_interrupts_the_run(store, verdict, monkeypatch):
     """A silent peer (its beat never moves), one that reported an error, or an unreachable
     store: the run inside ``interruptible`` gets KeyboardInterrupt, ``lost`` names it."""
+    monkeypatch.setattr(distributed, "BEAT_S", 0.1)  # beat and look ten times a second
     cluster = distributed.Cluster(store, 0, 2, lost_after_s=0.5)
     start = time.monotonic()
     cluster.start_watchdog()
@@ -156,13 +157,14 @@ def test_watchdog_verdict_interrupts_the_run(store, verdict):
     assert re.search(verdict, cluster.lost), cluster.lost
 
 
-def test_watchdog_quiet_while_peers_beat():
+def test_watchdog_quiet_while_peers_beat(monkeypatch):
     """A peer whose beat moves is never declared lost; the process's own beat is written."""
+    monkeypatch.setattr(distributed, "BEAT_S", 0.1)  # beat and look ten times a second
     store = FakeStore()
     cluster = distributed.Cluster(store, 1, 2, lost_after_s=0.5)
     cluster.start_watchdog()
     try:
-        for beat in range(25):  # 2.5 s, five times lost_after_s
+        for beat in range(15):  # 1.5 s, three times lost_after_s
             store.entries["mljax/alive/0"] = str(beat)
             time.sleep(0.1)
     finally:
