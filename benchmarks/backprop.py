@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-from mljax.config import parse
-from mljax.experiment import default_out_dir, markdown_table
+from benchmarks._cli import parse_or_none, write_rows
+from mljax.experiment import markdown_table
 from mljax.malloc_tuning import tune_for_command_line
 from mljax.nn import backprop, losses, models
-from mljax.results import atomic_write_json
 
 ANCHOR = "jax.grad"
 
@@ -178,19 +175,14 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = parse(Config, argv, prog="python -m benchmarks.backprop",
-                       description=(__doc__ or "").strip())  # fmt: skip
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    config = parse_or_none(Config, argv, "backprop", __doc__)
+    if config is None:
         return 2
     run = config.effective()
     rows = [bench_model(name, run) for name in run.models]
     print(format_table(rows))
     print(f"(ratio = {ANCHOR} time / manual time; target ≥ 0.9. Device: {jax.devices()[0]})")
-    out = Path(config.out) if config.out else default_out_dir("bench") / "backprop.json"
-    atomic_write_json(out, rows)
-    print(f"rows written to {out}")
+    write_rows(rows, config.out, "backprop")
     return 0
 
 

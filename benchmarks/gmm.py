@@ -22,22 +22,18 @@ Usage: ``python -m benchmarks.gmm [--quick] [--out FILE] [--iters N] [--repeats 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks._cli import parse_or_none, select_cases, write_rows
 from benchmarks.peak import matmul_peak_gflops, memory_bandwidth_gbs
 from mljax.cluster import gmm
-from mljax.config import parse
-from mljax.experiment import default_out_dir
 from mljax.malloc_tuning import tune_for_command_line
-from mljax.results import atomic_write_json
 
 CASES = [
     # name, covariance_type, n, d, k, n_init
@@ -78,13 +74,10 @@ class Config:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be >= 1, got {value}")
-        if self.case and not self.cases():
-            names = [c[0] for c in (QUICK_CASES if self.quick else CASES)]
-            raise ValueError(f"--case {' '.join(self.case)} matches none of {names}")
+        self.cases()
 
     def cases(self) -> list[tuple]:
-        cases = QUICK_CASES if self.quick else CASES
-        return [c for c in cases if not self.case or any(s in c[0] for s in self.case)]
+        return select_cases(QUICK_CASES if self.quick else CASES, self.case)
 
 
 def make_data(n, d, k, seed=0):
@@ -294,11 +287,8 @@ def markdown(rows):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = parse(Config, argv, prog="python -m benchmarks.gmm",
-                       description=(__doc__ or "").strip())  # fmt: skip
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    config = parse_or_none(Config, argv, "gmm", __doc__)
+    if config is None:
         return 2
     iters = config.iters or (5 if config.quick else 30)
     repeats = config.repeats or (1 if config.quick else 2)
@@ -308,9 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.extend(bench_case(*case, iters=iters, repeats=repeats, peak=peak, peak_gbs=peak_gbs))
     print(f"GMM EM, {iters} iterations, tol=0, float32 data; devices: {jax.devices()}")
     print(markdown(rows))
-    out = Path(config.out) if config.out else default_out_dir("bench") / "gmm.json"
-    atomic_write_json(out, rows)
-    print(f"rows written to {out}")
+    write_rows(rows, config.out, "gmm")
     return 0
 
 

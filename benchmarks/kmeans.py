@@ -12,22 +12,19 @@ The n_init = 8 case times 8 restarts (ours vmapped; scikit-learn's n_init loop) 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import numpy as np
 from sklearn.cluster import KMeans
 
+from benchmarks._cli import parse_or_none, select_cases, write_rows
 from benchmarks.peak import matmul_peak_gflops, memory_bandwidth_gbs
 from mljax.cluster import kmeans
-from mljax.config import parse
-from mljax.experiment import default_out_dir, markdown_table
+from mljax.experiment import markdown_table
 from mljax.malloc_tuning import tune_for_command_line
-from mljax.results import atomic_write_json
 
 # name, n, d, k, iterations, n_init
 CASES = [
@@ -58,13 +55,10 @@ class Config:
     def validate(self) -> None:
         if self.repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
-        if self.case and not self.cases():
-            names = [c[0] for c in (QUICK_CASES if self.quick else CASES)]
-            raise ValueError(f"--case {' '.join(self.case)} matches none of {names}")
+        self.cases()
 
     def cases(self) -> list[tuple]:
-        cases = QUICK_CASES if self.quick else CASES
-        return [c for c in cases if not self.case or any(s in c[0] for s in self.case)]
+        return select_cases(QUICK_CASES if self.quick else CASES, self.case)
 
 
 def _data(n, d, k, seed=0):
@@ -149,11 +143,8 @@ def run_case(name, n, d, k, iters, n_init, repeats, peak=None, peak_gbs=None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = parse(Config, argv, prog="python -m benchmarks.kmeans",
-                       description=(__doc__ or "").strip())  # fmt: skip
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    config = parse_or_none(Config, argv, "kmeans", __doc__)
+    if config is None:
         return 2
     peak, peak_gbs = matmul_peak_gflops(), memory_bandwidth_gbs()
     repeats = 1 if config.quick else config.repeats
@@ -169,9 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in rows
     ]  # fmt: skip
     print("\n".join(markdown_table(header, body)))
-    out = Path(config.out) if config.out else default_out_dir("bench") / "kmeans.json"
-    atomic_write_json(out, rows)
-    print(f"rows written to {out}")
+    write_rows(rows, config.out, "kmeans")
     return 0
 
 

@@ -23,11 +23,9 @@ is reported apart. scikit-learn runs once per repeat in the same process.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -35,14 +33,13 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import PredefinedSplit, cross_val_score
 
-from mljax.config import parse
+from benchmarks._cli import parse_or_none, write_rows
 from mljax.data import images
-from mljax.experiment import default_out_dir, markdown_table
+from mljax.experiment import markdown_table
 from mljax.linear import logistic_regression as lr
 from mljax.linear import model_selection as ms
 from mljax.linear import pca
 from mljax.malloc_tuning import reexec_with_tuned_malloc
-from mljax.results import atomic_write_json
 
 FULL = {"n": 60_000, "n_fit": 48_000, "components": 50, "folds": 5}
 QUICK = {"n": 2_000, "n_fit": 1_600, "components": 10, "folds": 3}
@@ -168,11 +165,8 @@ class Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = parse(Config, argv, prog="python -m benchmarks.linear",
-                       description=(__doc__ or "").strip())  # fmt: skip
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    config = parse_or_none(Config, argv, "linear", __doc__)
+    if config is None:
         return 2
     size = QUICK if config.quick else FULL
     repeats = 1 if config.quick else config.repeats
@@ -200,9 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                        "ratio", "compile_s", "agreement"}}  # fmt: skip
         if extra:
             print(f"{r['case']}: {extra}")
-    out = Path(config.out) if config.out else default_out_dir("bench") / "linear.json"
-    atomic_write_json(out, rows)
-    print(f"rows written to {out}")
+    write_rows(rows, config.out, "linear")
     return 0
 
 

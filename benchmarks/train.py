@@ -34,23 +34,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mljax.config import parse
+from benchmarks._cli import parse_or_none, write_rows
 from mljax.data import toy
 from mljax.data.batches import epoch_batches
-from mljax.experiment import default_out_dir, markdown_table
+from mljax.experiment import markdown_table
 from mljax.malloc_tuning import tune_for_command_line
 from mljax.nn import layers as L
 from mljax.nn import models
-from mljax.results import atomic_write_json
 from mljax.train import loop, sweep, tasks
 
 ANCHOR = "PyTorch CPU"
@@ -489,11 +486,8 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = parse(Config, argv, prog="python -m benchmarks.train",
-                       description=(__doc__ or "").strip())  # fmt: skip
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    config = parse_or_none(Config, argv, "train", __doc__)
+    if config is None:
         return 2
     run = config.effective()
     import torch
@@ -507,9 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"difference| from the same initial weights and batches. JAX device: "
         f"{jax.devices()[0]}; PyTorch {torch.__version__}, {torch.get_num_threads()} threads)"
     )
-    out = Path(config.out) if config.out else default_out_dir("bench") / "train.json"
-    atomic_write_json(out, rows)
-    print(f"rows written to {out}")
+    write_rows(rows, config.out, "train")
     return 0
 
 

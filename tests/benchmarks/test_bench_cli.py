@@ -5,6 +5,7 @@ option, before any data is made or anything is compiled."""
 import pytest
 
 from benchmarks import gmm, kmeans, linear
+from benchmarks._cli import select_cases
 
 MODULES = {"kmeans": kmeans, "gmm": gmm, "linear": linear}
 
@@ -44,3 +45,11 @@ def test_case_filter_selects_by_substring():
     assert [c[0] for c in picked] == [c[0] for c in kmeans.CASES if "n_init" in c[0]] != []
     picked = gmm.Config(quick=True, case=("diag", "restarts")).cases()
     assert [c[0] for c in picked] == ["diag 2k×4 K=3", "restarts n_init=2 full 2k×2 K=3"]
+
+
+def test_select_cases_refuses_a_pattern_that_matches_nothing():
+    cases = [("a 1", 1), ("b 2", 2)]
+    assert select_cases(cases, ()) == cases
+    assert select_cases(cases, ("b", "zzz")) == [("b 2", 2)]
+    with pytest.raises(ValueError, match=r"--case zzz matches none of \['a 1', 'b 2'\]"):
+        select_cases(cases, ("zzz",))
