@@ -149,3 +149,22 @@ def cluster_args(port: int, num_processes: int, process_id: int) -> list[str]:
 def cluster_options():
     """:func:`cluster_args` for tests in any folder."""
     return cluster_args
+
+
+@pytest.fixture
+def lowered_text(monkeypatch):
+    """``capture(module, "_fit_jit")`` wraps a module's jitted function so that each call also
+    records its lowered (StableHLO) program text; returns a dict whose ``"text"`` is the last."""
+
+    def capture(module, name: str) -> dict:
+        seen = {}
+        jitted = getattr(module, name)
+
+        def spy(*args, **kwargs):
+            seen["text"] = jitted.lower(*args, **kwargs).as_text()
+            return jitted(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+        return seen
+
+    return capture

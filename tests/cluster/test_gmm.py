@@ -721,19 +721,12 @@ def test_em_iteration_is_traced_once_per_compiled_fit(monkeypatch):
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
-def test_restarts_share_one_wide_e_step_product(monkeypatch, covariance_type):
+def test_restarts_share_one_wide_e_step_product(lowered_text, covariance_type):
     """n_init restarts read each chunk of x once for all of them: the chunk [256, d] meets the
     whitening factors (full) or precisions (diag) of every restart's components, stacked as
     [R, d, ·], in one dot_general, and no product batches x per restart."""
     x = np.random.default_rng(0).normal(size=(600, 2)).astype(np.float32)
-    lowered = {}
-    fit_jit = gmm._fit_jit
-
-    def spy(*args, **kwargs):
-        lowered["text"] = fit_jit.lower(*args, **kwargs).as_text()
-        return fit_jit(*args, **kwargs)
-
-    monkeypatch.setattr(gmm, "_fit_jit", spy)
+    lowered = lowered_text(gmm, "_fit_jit")
     gmm.fit(jax.random.key(0), x, 3, covariance_type=covariance_type, init="random_from_data",
             n_init=4, max_iter=2, chunk_size=256)  # fmt: skip
     dots = [ln for ln in lowered["text"].splitlines() if "dot_general" in ln]

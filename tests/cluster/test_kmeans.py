@@ -407,19 +407,12 @@ def test_fit_memory_has_no_copy_of_x(init):
     assert per_row < 0.5 * 4 * d, (small, large, per_row)
 
 
-def test_restarts_share_one_wide_distance_product(monkeypatch):
+def test_restarts_share_one_wide_distance_product(lowered_text):
     """n_init restarts read each chunk of x once for all of them: in the lowered program the
     chunk [256, d] meets the stacked centroids of every restart [R, d, k] in one dot_general
     ([256, R, k] out), and no product batches x per restart."""
     x = np.random.default_rng(0).normal(size=(600, 4)).astype(np.float32)
-    lowered = {}
-    fit_jit = kmeans._fit_jit
-
-    def spy(*args, **kwargs):
-        lowered["text"] = fit_jit.lower(*args, **kwargs).as_text()
-        return fit_jit(*args, **kwargs)
-
-    monkeypatch.setattr(kmeans, "_fit_jit", spy)
+    lowered = lowered_text(kmeans, "_fit_jit")
     kmeans.fit(jax.random.key(0), x, 3, init="random", n_init=4, max_iter=2, chunk_size=256)
     dots = [ln for ln in lowered["text"].splitlines() if "dot_general" in ln]
     with_chunk = [ln for ln in dots if "tensor<256x4xf32>" in ln]
