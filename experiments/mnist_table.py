@@ -33,8 +33,6 @@ CNN's members resume from their checkpoints under ``<out>/checkpoints/``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import shutil
 import sys
@@ -47,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mljax import metrics as mx
+from mljax import results
 from mljax.config import CommonConfig
 from mljax.data import images
 from mljax.data.batches import train_val_split
@@ -54,7 +53,6 @@ from mljax.distributed import is_main_process
 from mljax.experiment import ReportRow, cli_main, markdown_table
 from mljax.nn import models
 from mljax.progress import progress
-from mljax.results import atomic_write_text
 from mljax.train import figures, loop, sweep, tasks
 from mljax.train.checkpoint import Checkpointer
 
@@ -380,51 +378,43 @@ def _fingerprint(config: Config, sizes: dict, model: str, grad: str, lrs, epochs
     }
 
 
-def _stage_paths(stage_dir: Path, fp: dict) -> tuple[Path, Path]:
-    digest = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
-    stem = f"{fp['model']}_{fp['grad']}_{digest}"
-    return stage_dir / f"{stem}.npz", stage_dir / f"{stem}.json"
+STAGE_ARRAYS = (
+    "lr",
+    "seed",
+    "best_epoch",
+    "epochs_run",
+    "diverged",
+    "test_error_best",
+    "confusion",
+)
+
+
+def _stage_name(fp: dict) -> str:
+    return f"{fp['model']}_{fp['grad']}"
 
 
 def save_stage(stage_dir: Path, fp: dict, stage: Stage) -> None:
-    """Writes the stage (npz, then its json: the json's presence marks a complete stage); in a
-    multi-process run only process 0 writes."""
+    """Keeps the finished stage (:func:`mljax.results.save_stage`: npz, then the json that
+    marks it complete); in a multi-process run only process 0 writes."""
     if not is_main_process():
         return
-    npz, meta = _stage_paths(stage_dir, fp)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = npz.with_suffix(".tmp.npz")
     arrays = {f"history_{k}": v for k, v in stage.history.items()}
-    for name in ("lr", "seed", "best_epoch", "epochs_run", "diverged", "test_error_best"):
-        arrays[name] = getattr(stage, name)
-    arrays["confusion"] = stage.confusion
-    np.savez(tmp, **arrays)
-    tmp.replace(npz)
-    info = {"fingerprint": fp, "strategy": stage.strategy, "seconds": stage.seconds}
-    atomic_write_text(meta, json.dumps(info, indent=1))
+    arrays.update({name: getattr(stage, name) for name in STAGE_ARRAYS})
+    info = {"strategy": stage.strategy, "seconds": stage.seconds}
+    results.save_stage(stage_dir, _stage_name(fp), fp, arrays, info)
 
 
 def load_stage(stage_dir: Path, fp: dict) -> Stage | None:
-    npz, meta = _stage_paths(stage_dir, fp)
-    if not (npz.exists() and meta.exists()):
+    kept = results.load_stage(stage_dir, _stage_name(fp), fp)
+    if kept is None:
         return None
-    info = json.loads(meta.read_text())
-    if info.get("fingerprint") != fp:
-        return None
-    with np.load(npz) as f:
-        a = {k: f[k] for k in f.files}
+    a, info = kept
     history = {k[len("history_") :]: v for k, v in a.items() if k.startswith("history_")}
     return Stage(
-        lr=a["lr"],
-        seed=a["seed"],
         history=history,
-        best_epoch=a["best_epoch"],
-        epochs_run=a["epochs_run"],
-        diverged=a["diverged"],
-        test_error_best=a["test_error_best"],
-        confusion=a["confusion"],
         strategy=info["strategy"],
         seconds=float(info["seconds"]),
+        **{name: a[name] for name in STAGE_ARRAYS},
     )
 
 
@@ -516,7 +506,7 @@ def run(config: Config, run_dir) -> dict:
                 members = sweep.grid_members(
                     seeds, {"learning_rate": list(grid_lrs)}, base=loop.Hyper(momentum=0.0)
                 )
-                ckpt = ckpt_root / f"{_stage_paths(stage_dir, fp)[0].stem}"
+                ckpt = ckpt_root / results.stage_stem(stage_dir, _stage_name(fp), fp).name
                 stage = train_stage(
                     task,
                     train_config(config, epochs, grad),

@@ -9,6 +9,8 @@ crash) sees either the previous complete file or the new complete file, never a 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import math
 import os
@@ -28,7 +30,11 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "current_umask",
+    "fingerprint_digest",
+    "load_stage",
     "read_json",
+    "save_stage",
+    "stage_stem",
     "to_jsonable",
 ]
 
@@ -209,3 +215,55 @@ class RunDir:
 
     def read_metrics(self) -> Any:
         return read_json(self.file(METRICS_FILE))
+
+
+# ----------------------------------------------------------------------------- stage files
+
+
+def fingerprint_digest(fingerprint: Mapping[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of the fingerprint's sorted JSON: equal settings, equal
+    digest."""
+    text = json.dumps(to_jsonable(fingerprint), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def stage_stem(stage_dir: str | os.PathLike, name: str, fingerprint: Mapping[str, Any]) -> Path:
+    """``stage_dir/<name>_<digest>``: where the stage of these settings is kept (add the
+    ``.npz`` / ``.json`` suffix)."""
+    return Path(stage_dir) / f"{name}_{fingerprint_digest(fingerprint)}"
+
+
+def save_stage(
+    stage_dir: str | os.PathLike,
+    name: str,
+    fingerprint: Mapping[str, Any],
+    arrays: Mapping[str, Any],
+    info: Mapping[str, Any],
+) -> Path:
+    """Keeps a finished stage of a long run (one model's sweep, say) so that a rerun with the
+    same settings reuses it: the arrays as ``<stem>.npz``, then ``<stem>.json`` holding the
+    fingerprint and ``info``. Both are written atomically and the JSON last, so its presence
+    marks a complete stage. Returns the stem."""
+    stem = stage_stem(stage_dir, name, fingerprint)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    atomic_write_bytes(stem.with_suffix(".npz"), buffer.getvalue())
+    atomic_write_json(stem.with_suffix(".json"), {"fingerprint": fingerprint, **info})
+    return stem
+
+
+def load_stage(
+    stage_dir: str | os.PathLike, name: str, fingerprint: Mapping[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """The ``(arrays, info)`` that :func:`save_stage` kept for exactly these settings, or None
+    (never saved, half-written, or saved for other settings)."""
+    stem = stage_stem(stage_dir, name, fingerprint)
+    npz, meta = stem.with_suffix(".npz"), stem.with_suffix(".json")
+    if not (npz.exists() and meta.exists()):
+        return None
+    info = read_json(meta)
+    if info.get("fingerprint") != to_jsonable(fingerprint):
+        return None
+    with np.load(npz) as f:
+        arrays = {k: f[k] for k in f.files}
+    return arrays, {k: v for k, v in info.items() if k != "fingerprint"}

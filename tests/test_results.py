@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -182,3 +183,29 @@ def test_run_dir_that_does_not_write(tmp_path):
     writing.write_text("table.md", "x")
     assert (tmp_path / "run" / "table.md").read_text() == "x"
     assert (tmp_path / "run" / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_stage_round_trip_and_refusals(tmp_path):
+    """A saved stage comes back for the same settings only: other settings, a half-written
+    stage (npz without its json) and a json whose fingerprint was edited give None."""
+    fp = {"model": "b", "lrs": (0.1, 0.01), "epochs": 3}
+    arrays = {"lr": np.array([0.1, 0.01]), "history_val": np.arange(6.0).reshape(2, 3)}
+    stem = results.save_stage(tmp_path, "b_autodiff", fp, arrays, {"seconds": 1.5})
+    # The digest is the SHA-256 of the sorted JSON (tuples as lists), computed here by hand.
+    digest = hashlib.sha256(
+        json.dumps({"epochs": 3, "lrs": [0.1, 0.01], "model": "b"}, sort_keys=True).encode()
+    ).hexdigest()[:12]
+    assert stem == tmp_path / f"b_autodiff_{digest}"
+    got, info = results.load_stage(tmp_path, "b_autodiff", dict(fp))
+    assert info == {"seconds": 1.5} and set(got) == set(arrays)
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(got[k], v)
+    assert results.load_stage(tmp_path, "b_autodiff", {**fp, "epochs": 4}) is None
+    assert results.load_stage(tmp_path, "c_autodiff", fp) is None
+    meta = stem.with_suffix(".json")
+    edited = json.loads(meta.read_text())
+    edited["fingerprint"]["epochs"] = 9
+    meta.write_text(json.dumps(edited))
+    assert results.load_stage(tmp_path, "b_autodiff", fp) is None
+    meta.unlink()  # the npz alone is a stage that never finished
+    assert results.load_stage(tmp_path, "b_autodiff", fp) is None
