@@ -47,14 +47,13 @@ import numpy as np
 from mljax import metrics as mx
 from mljax import results
 from mljax.config import CommonConfig
-from mljax.data import images
-from mljax.data.batches import train_val_split
 from mljax.distributed import is_main_process
 from mljax.experiment import ReportRow, cli_main, markdown_table
 from mljax.nn import models
 from mljax.progress import progress
 from mljax.train import figures, loop, sweep, tasks
 from mljax.train.checkpoint import Checkpointer
+from mljax.train.image_data import ImageSplit, image_split
 
 NAME = "mnist_table"
 MODEL_KEYS = ("a", "b", "c", "d")
@@ -187,34 +186,17 @@ def describe_config(config: Config) -> str:
 # ----------------------------------------------------------------------------- data
 
 
-class Split(NamedTuple):
-    data: loop.Data  # train / validation / test, pixels / 255 as [n, 28, 28, 1] float32
-    class_names: tuple[str, ...]
-    sizes: dict
-
-
-def load_split(config: Config) -> Split:
+def load_split(config: Config) -> ImageSplit:
     """The dataset as train / stratified validation / test (raises the data layer's
     ``DatasetNotFoundError``, with the install commands, where it is not installed)."""
-    train = images.load(config.dataset, "train", data_dir=config.data_dir)
-    test = images.load(config.dataset, "test", data_dir=config.data_dir)
-    n_train = config.n_train or (QUICK_TRAIN if config.quick else train.labels.shape[0])
-    n_test = config.n_test or (QUICK_TEST if config.quick else test.labels.shape[0])
-    x = train.images[:n_train].astype(np.float32) / 255.0
-    y = train.labels[:n_train].astype(np.int32)
-    fit, val = train_val_split(y.shape[0], config.val_fraction, seed=config.seed, labels=y)
-    xt = test.images[:n_test].astype(np.float32) / 255.0
-    yt = test.labels[:n_test].astype(np.int32)
-    data = loop.Data(
-        jnp.asarray(x[fit]),
-        jnp.asarray(y[fit]),
-        jnp.asarray(x[val]),
-        jnp.asarray(y[val]),
-        jnp.asarray(xt),
-        jnp.asarray(yt),
+    return image_split(
+        config.dataset,
+        data_dir=config.data_dir,
+        n_train=config.n_train or (QUICK_TRAIN if config.quick else None),
+        n_test=config.n_test or (QUICK_TEST if config.quick else None),
+        val_fraction=config.val_fraction,
+        seed=config.seed,
     )
-    sizes = {"train": int(fit.size), "val": int(val.size), "test": int(yt.size)}
-    return Split(data, tuple(train.class_names), sizes)
 
 
 # ----------------------------------------------------------------------------- training
