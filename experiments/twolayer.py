@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import sys
 import time
 from typing import Literal, NamedTuple
@@ -63,6 +64,7 @@ from mljax.experiment import ReportRow, cli_main, markdown_table
 from mljax.linear import pca
 from mljax.nn import models
 from mljax.progress import progress
+from mljax.results import to_jsonable
 from mljax.train import loop, sweep, tasks
 
 NAME = "twolayer"
@@ -590,7 +592,9 @@ def run(config: Config, run_dir) -> dict:
     sweeps: dict = {k: [] for k in SWEEPS}
     extra: dict = {}
     spectrum = None
-    todo = [s for s in ("iterations", "hidden", "batch", "reg", "keep_prob", "pca", "depth")
+    run_dir.write_text("partial_metrics.json", json.dumps(to_jsonable(metrics), indent=1))
+    # Cheapest and most asked-for first; batch (five programs per width) last.
+    todo = [s for s in ("iterations", "reg", "keep_prob", "hidden", "pca", "depth", "batch")
             if s in cfg.sweeps or (s == "iterations" and "learning_rate" in cfg.sweeps)]  # fmt: skip
     for name in progress(todo, desc="sweeps", quiet=cfg.quiet):
         t0 = time.perf_counter()
@@ -620,6 +624,9 @@ def run(config: Config, run_dir) -> dict:
         elif name == "depth":
             sweeps["depth"] = sweep_depth(split, cfg, grid, key)
         timing[f"{name}_s"] = time.perf_counter() - t0
+        # What has finished so far, for a long run stopped before its end.
+        partial = {**metrics, "sweeps": sweeps, **extra, "timing_s": timing}
+        run_dir.write_text("partial_metrics.json", json.dumps(to_jsonable(partial), indent=1))
     metrics["sweeps"] = sweeps
     metrics.update(extra)
     _figures(run_dir, base, best, spectrum)
