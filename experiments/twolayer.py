@@ -540,14 +540,42 @@ def sweep_depth(split, cfg, grid, key) -> list:
 # ----------------------------------------------------------------------------- run
 
 
-def grad_agreement(a: Run, b: Run) -> dict:
-    """How close two runs of the same members are (manual rules vs jax.grad)."""
+def batch_gradient_error(task: loop.Task, params, x, y, reg: float) -> float:
+    """Largest relative error ``max|g_manual − g_jax| / max|g_jax|`` over the leaves, of the
+    seed's loss (data term + 2λW) on one batch at ``params`` (float32)."""
+    hp = hyper(Setting(reg=reg)).as_arrays()
+    batch = (x, y, jnp.ones(x.shape[0], bool))
+    _, gm, _ = task.manual_grad(params, batch, None, {}, hp)
+    _, ga, _ = loop.autodiff_grad_fn(task)(params, batch, None, {}, hp)
+    gm = loop.penalty_grads(gm, params, 0.0, hp.l2)
+    ga = loop.penalty_grads(ga, params, 0.0, hp.l2)
+    return max(
+        float(jnp.max(jnp.abs(m - a)) / jnp.maximum(jnp.max(jnp.abs(a)), 1e-30))
+        for m, a in zip(jax.tree.leaves(gm), jax.tree.leaves(ga), strict=True)
+    )
+
+
+def grad_agreement(a: Run, b: Run, split: Split | None = None, key=None) -> dict:
+    """How close two runs of the same members are (manual rules vs jax.grad): the gradients
+    on the first training batch at seed 0's initial and final parameters, the trained
+    parameters, validation curves and test accuracy (float32 rounding differences grow over
+    thousands of ReLU-net steps, so the trained parameters drift apart while the
+    accuracies stay together)."""
+    out = {}
+    if split is not None:
+        x = split.data.x_train[: BEST.batch]
+        y = split.data.y_train[: BEST.batch]
+        init, _ = a.task.init(jax.random.split(jax.random.fold_in(key, 0), 3)[0])
+        final = jax.tree.map(lambda v: v[0], a.result.params)
+        out["grad_rel_err_init"] = batch_gradient_error(a.task, init, x, y, BEST.reg)
+        out["grad_rel_err_final"] = batch_gradient_error(a.task, final, x, y, BEST.reg)
     pa, pb = jax.tree.leaves(a.result.params), jax.tree.leaves(b.result.params)
     rel = max(float(np.max(np.abs(x - y)) / max(float(np.max(np.abs(y))), 1e-30))
               for x, y in zip(pa, pb, strict=True))  # fmt: skip
     va = a.result.history["val_accuracy"]
     vb = b.result.history["val_accuracy"]
     return {
+        **out,
         "max_rel_param_diff": rel,
         "max_val_acc_diff": float(np.nanmax(np.abs(va - vb))),
         "test_acc_mean_other": float(np.mean(b.test_acc)),
@@ -586,7 +614,7 @@ def run(config: Config, run_dir) -> dict:
             "val_acc_mean": _stats(best.val_acc)[0], "val_acc_std": _stats(best.val_acc)[1],
             "test_acc_per_seed": [float(v) for v in best.test_acc],
             "seed_test_acc": SEED_BEST_TEST / 100, "steps": best.iterations,
-            "grad": cfg.grad, "other_grad": other, "agreement": grad_agreement(best, best_other),
+            "grad": cfg.grad, "other_grad": other, "agreement": grad_agreement(best, best_other, split, key),
         },
     }  # fmt: skip
     sweeps: dict = {k: [] for k in SWEEPS}
@@ -780,8 +808,8 @@ def report_rows(metrics) -> list[ReportRow]:
                   + f" the seed's; first {metrics['_meta']['n_test']} test images"),
         ReportRow(f"best: {b['grad']} vs {b['other_grad']} gradients", "— (manual only)",
                   f"test {_pct(b['test_acc_mean'])} vs {_pct(ag['test_acc_mean_other'])} %",
-                  f"max relative parameter difference {ag['max_rel_param_diff']:.1e}, "
-                  f"validation curves within {100 * ag['max_val_acc_diff']:.2f} points"),
+                  f"batch gradients within {ag.get('grad_rel_err_final', float('nan')):.1e} "
+                  f"relative; validation curves within {100 * ag['max_val_acc_diff']:.1f} points"),
     ]  # fmt: skip
     for key, title, cols in TABLES:
         rows = metrics["sweeps"].get(key) or []
@@ -808,17 +836,46 @@ def _notes_checked(metrics) -> list[str]:
         f"- Best configuration: {_pct(b['test_acc_mean'])} ± {_pct(b['test_acc_std'])} % test "
         f"accuracy over {metrics['_meta']['seeds']} seeds, "
         + (f"{gap:+.1f} points from the seed's {SEED_BEST_TEST} % (at or above it)."
-           if gap >= 0 else f"{gap:+.1f} points below the seed's {SEED_BEST_TEST} %.")
+           if gap >= 0 else f"{-gap:.1f} points below the seed's {SEED_BEST_TEST} %.")
     )  # fmt: skip
+    per_seed = np.asarray(b.get("test_acc_per_seed", []), np.float64)
+    if gap < 0 and per_seed.size:
+        n_test = metrics["_meta"]["n_test"]
+        p = SEED_BEST_TEST / 100
+        se = 100 * np.sqrt(p * (1 - p) / n_test)
+        reach = int(np.sum(per_seed >= p - 1e-9))
+        sd = 100 * float(np.std(per_seed))
+        out.append(
+            f"  {reach} of {per_seed.size} seeds reach {SEED_BEST_TEST} % (ours range "
+            f"{100 * per_seed.min():.1f}–{100 * per_seed.max():.1f} %). The seed's figure is one "
+            f"run on {n_test:,} test images: the sampling error of one such accuracy is "
+            f"±{se:.1f} points, our seed-to-seed std {sd:.1f}; the gap of {-gap:.1f} points is "
+            + ("within one seed-to-seed std." if -gap <= sd else "larger than one seed-to-seed std.")
+            + " Init (1e-4·randn), mean-image subtraction, split and decay are the seed's; the "
+            f"remaining protocol differences are {b['steps']:,} rather than 4,000 steps and "
+            "batches drawn without replacement."
+        )  # fmt: skip
     ag = b["agreement"]
-    same = ag["max_val_acc_diff"] <= 0.01
+    grad_err = max(ag.get("grad_rel_err_init", np.nan), ag.get("grad_rel_err_final", np.nan))
+    if np.isfinite(grad_err):
+        out.append(
+            f"- {b['grad']} rules vs {b['other_grad']} on one CIFAR-10 batch of the best "
+            f"configuration, at the initial and the trained parameters: largest relative "
+            f"gradient difference {grad_err:.1e}, "
+            + ("float32 rounding: the two sources compute the same gradient."
+               if grad_err < 1e-4 else "more than float32 rounding explains.")
+        )  # fmt: skip
+    same = ag["test_acc_diff"] <= 0.01
     out.append(
-        f"- {b['grad']} rules and {b['other_grad']} on the best configuration: parameters within "
-        f"{ag['max_rel_param_diff']:.1e} relative, validation curves "
-        + ("within one point of each other: the two gradient sources agree."
-           if same else "differing by more than one point somewhere: float32 drift over "
-           "thousands of steps (the float64 gradient test is the exact check).")
-    )  # fmt: skip
+        "- Trained"
+        + f" with each source from the same keys: test accuracy {_pct(b['test_acc_mean'])} vs "
+        f"{_pct(ag['test_acc_mean_other'])} % ("
+        + ("within one point" if same else "more than one point apart")
+        + f"), validation curves at most {100 * ag['max_val_acc_diff']:.1f} points apart; the "
+        f"parameters themselves drift apart (largest relative difference "
+        f"{ag['max_rel_param_diff']:.1e}) as float32 rounding differences grow over "
+        f"{b['steps']:,} steps through the ReLU kinks."
+    )
     it = metrics["sweeps"].get("iterations") or []
     vals = [r["val_acc_mean"] for r in it if r["val_acc_mean"] is not None]
     if len(vals) >= 2:
