@@ -621,6 +621,7 @@ def run(config: Config, run_dir) -> dict:
     extra: dict = {}
     spectrum = None
     run_dir.write_text("partial_metrics.json", json.dumps(to_jsonable(metrics), indent=1))
+    _figures(run_dir, base, best)  # now, so that a long run stopped later keeps them
     # Cheapest and most asked-for first; batch (five programs per width) last.
     todo = [s for s in ("iterations", "reg", "keep_prob", "hidden", "pca", "depth", "batch")
             if s in cfg.sweeps or (s == "iterations" and "learning_rate" in cfg.sweeps)]  # fmt: skip
@@ -657,7 +658,8 @@ def run(config: Config, run_dir) -> dict:
         run_dir.write_text("partial_metrics.json", json.dumps(to_jsonable(partial), indent=1))
     metrics["sweeps"] = sweeps
     metrics.update(extra)
-    _figures(run_dir, base, best, spectrum)
+    if spectrum is not None:
+        _pca_figure(run_dir, spectrum)
     metrics["_meta"] = {
         "n_train": int(split.data.x_train.shape[0]), "n_val": int(split.data.x_val.shape[0]),
         "n_test": int(split.x_test.shape[0]), "test_batch_size": split.n_test_available,
@@ -677,7 +679,7 @@ def _band(ax, x, curves, label):
     ax.fill_between(x, m - s, m + s, alpha=0.25)
 
 
-def _figures(run_dir, base: Run, best: Run, spectrum) -> None:
+def _figures(run_dir, base: Run, best: Run) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -704,16 +706,18 @@ def _figures(run_dir, base: Run, best: Run, spectrum) -> None:
     run_dir.write_figure(fig, "first_layer.png")
     plt.close(fig)
 
-    if spectrum is not None:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        k = np.arange(1, spectrum.size + 1)
-        ax.plot(k, spectrum)
-        ax.axhline(0.95, ls="--", c="gray")
-        ax.axvline(PCA_COMPONENTS, ls=":", c="gray")
-        ax.set(xlabel="components", ylabel="cumulative explained variance ratio",
-               xscale="log", title="PCA of the training images")  # fmt: skip
-        run_dir.write_figure(fig, "pca_variance.png")
-        plt.close(fig)
+
+def _pca_figure(run_dir, spectrum) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    k = np.arange(1, spectrum.size + 1)
+    ax.plot(k, spectrum)
+    ax.axhline(0.95, ls="--", c="gray")
+    ax.axvline(PCA_COMPONENTS, ls=":", c="gray")
+    ax.set(xlabel="components", ylabel="cumulative explained variance ratio",
+           xscale="log", title="PCA of the training images")  # fmt: skip
+    run_dir.write_figure(fig, "pca_variance.png")
 
 
 def _weight_grid(w: np.ndarray) -> np.ndarray:
