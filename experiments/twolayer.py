@@ -900,6 +900,32 @@ def _notes_checked(metrics) -> list[str]:
                f"weights of scale {INIT_STD:g} the signal through 3+ layers is too small to train."
                if collapsed else ". The deeper nets did not collapse to chance here.")
         )  # fmt: skip
+    for key, title, cols in TABLES:
+        rows = [
+            r for r in metrics["sweeps"].get(key) or []
+            if r.get("seed_val_acc") is not None and r.get("val_acc_mean") is not None
+        ]  # fmt: skip
+        if len(rows) < 2:
+            continue
+        diff = [100 * (r["val_acc_mean"] - r["seed_val_acc"]) for r in rows]
+        name = title.split(":")[0]
+        mean_abs = float(np.mean(np.abs(diff)))
+        worst = int(np.argmax(np.abs(diff)))
+        setting = ", ".join(f"{c} {rows[worst][c]}" for c in cols if c != "steps")
+        out.append(
+            f"- {name}: ours differ from the seed's by {mean_abs:.1f} points on average over {len(rows)} "
+            f"settings, largest {diff[worst]:+.1f} at {setting}."
+        )
+    keep = metrics["sweeps"].get("keep_prob") or []
+    low = [r for r in keep if r["keep_prob"] == min(r["keep_prob"] for r in keep)]
+    if low and all(r["val_acc_mean"] is not None and r["seed_val_acc"] for r in low):
+        less = all(r["val_acc_mean"] > r["seed_val_acc"] for r in low)
+        out.append(
+            f"- Dropout at keep {low[0]['keep_prob']:g} costs ours "
+            + ("less than the seed's" if less else "as much as the seed's or more")
+            + " (ours is inverted dropout, rescaled by 1/keep in training; the seed does not "
+            "say how its dropout scaled)."
+        )
     hl = metrics.get("hidden_layouts")
     if hl:
         out.append(
