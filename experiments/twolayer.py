@@ -896,8 +896,9 @@ def _notes_checked(metrics) -> list[str]:
         out.append(
             "- Depth: " + ", ".join(f"{L} layers {_pct(r['val_acc_mean'])} %" for L, r in dep.items()
                                     if r["val_acc_mean"] is not None)
-            + (". The 4- and 5-layer nets collapse to chance as in the seed (its 7.8 %); with "
-               f"weights of scale {INIT_STD:g} the signal through 3+ layers is too small to train."
+            + (". The 4- and 5-layer nets collapse to chance as in the seed (its 7.8 %), as "
+               f"expected with weights of scale {INIT_STD:g}: each 100-unit layer scales its "
+               f"input by about {INIT_STD:g}·√100, so the signal and gradients vanish."
                if collapsed else ". The deeper nets did not collapse to chance here.")
         )  # fmt: skip
     for key, title, cols in TABLES:
@@ -929,11 +930,16 @@ def _notes_checked(metrics) -> list[str]:
     hl = metrics.get("hidden_layouts")
     if hl:
         out.append(
-            f"- Hidden-width sweep layout ({hl['epochs']} epoch per width, measured): one program "
-            f"per width {hl['per_width_s']:.1f} s vs one padded program of the widest net "
-            f"{hl['padded_s']:.1f} s; the sweep used one program per width"
-            + (", the faster." if hl["faster"] == "per_width" else " although padded was faster.")
-        )
+            f"- Hidden-width sweep layout, measured on {hl['epochs']} epoch per width, compiles "
+            f"included: {len(metrics['sweeps'].get('hidden') or [])} programs (one per width) "
+            f"{hl['per_width_s']:.1f} s vs one padded program of the widest net with a member "
+            f"per (width, seed) {hl['padded_s']:.1f} s, so for short runs "
+            + ("one program per width is faster" if hl["faster"] == "per_width" else
+               "the padded program is faster (the per-width programs pay a compile each)")
+            + f". The sweep ran one program per width ({metrics['_meta']['timing_s']['hidden_s']:.0f} "
+            "s with this measurement); the padded layout does more arithmetic per step "
+            "(every member at the widest width), which longer runs pay every epoch."
+        )  # fmt: skip
     ps = metrics.get("pca_spectrum")
     if ps:
         out.append(
