@@ -900,6 +900,13 @@ def _notes_checked(metrics) -> list[str]:
                f"expected with weights of scale {INIT_STD:g}: each 100-unit layer scales its "
                f"input by about {INIT_STD:g}·√100, so the signal and gradients vanish."
                if collapsed else ". The deeper nets did not collapse to chance here.")
+            + (
+                " The 3-layer net collapses too here (the seed: 48.6 %): the seed's depth study "
+                "(its Question 4) trained by epochs in a separate setup whose initialisation the "
+                "report does not give, and ours keeps the two-layer study's 1e-4 init."
+                if 3 in dep and dep[3]["val_acc_mean"] is not None
+                and dep[3]["val_acc_mean"] < COLLAPSED_BELOW else ""
+            )
         )  # fmt: skip
     for key, title, cols in TABLES:
         rows = [
@@ -940,6 +947,23 @@ def _notes_checked(metrics) -> list[str]:
             "s with this measurement); the padded layout does more arithmetic per step "
             "(every member at the widest width), which longer runs pay every epoch."
         )  # fmt: skip
+    for r in metrics["sweeps"].get("pca") or []:
+        same = (r["hidden"], r["batch"], r["iterations"], r["learning_rate"], r["reg"]) == (
+            BASELINE.hidden[0],
+            BASELINE.batch,
+            BASELINE.iterations,
+            BASELINE.lr,
+            BASELINE.reg,
+        )
+        base = metrics["baseline"]["val_acc_mean"]
+        if same and r["val_acc_mean"] is not None and base is not None:
+            out.append(
+                f"- Table 7's first setting is the baseline's: on {r['components']} components "
+                f"ours {_pct(r['val_acc_mean'])} % vs {_pct(base)} % on the pixels (the seed: "
+                f"24.0 vs 28.4 %); PCA "
+                + ("costs ours under a point." if abs(r["val_acc_mean"] - base) < 0.01
+                   else "changes ours by more than a point.")
+            )  # fmt: skip
     ps = metrics.get("pca_spectrum")
     if ps:
         out.append(
