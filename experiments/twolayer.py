@@ -961,7 +961,7 @@ def _notes_checked(metrics) -> list[str]:
                 f"- Table 7's first setting is the baseline's: on {r['components']} components "
                 f"ours {_pct(r['val_acc_mean'])} % vs {_pct(base)} % on the pixels (the seed: "
                 f"24.0 vs 28.4 %); PCA "
-                + ("costs ours under a point." if abs(r["val_acc_mean"] - base) < 0.01
+                + ("changes ours by under a point." if abs(r["val_acc_mean"] - base) < 0.01
                    else "changes ours by more than a point.")
             )  # fmt: skip
     ps = metrics.get("pca_spectrum")
