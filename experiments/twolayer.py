@@ -812,8 +812,9 @@ def report_rows(metrics) -> list[ReportRow]:
                   + f" the seed's; first {metrics['_meta']['n_test']} test images"),
         ReportRow(f"best: {b['grad']} vs {b['other_grad']} gradients", "— (manual only)",
                   f"test {_pct(b['test_acc_mean'])} vs {_pct(ag['test_acc_mean_other'])} %",
-                  f"batch gradients within {ag.get('grad_rel_err_final', float('nan')):.1e} "
-                  f"relative; validation curves within {100 * ag['max_val_acc_diff']:.1f} points"),
+                  (f"batch gradients within {ag['grad_rel_err_final']:.1e} relative; "
+                   if "grad_rel_err_final" in ag else "")
+                  + f"validation curves within {100 * ag['max_val_acc_diff']:.1f} points"),
     ]  # fmt: skip
     for key, title, cols in TABLES:
         rows = metrics["sweeps"].get(key) or []
