@@ -60,6 +60,14 @@ REGISTRY: tuple[ExperimentInfo, ...] = (
         spec="E3, E4",
     ),
     ExperimentInfo(
+        "twolayer",
+        "001_d113d5d4bcc95e56.txt",
+        "Questions 3 and 4",
+        "two-layer net on CIFAR-10 (49k/1k/1k): baseline, iterations, lr, hidden, batch, λ, "
+        "dropout, PCA and depth sweeps as vmapped programs over seeds; best net's test accuracy",
+        "E3",
+    ),
+    ExperimentInfo(
         "mnist_table",
         "004_f61361a430c64d2a.txt",
         "Parts 1 and 2",
