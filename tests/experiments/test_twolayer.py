@@ -48,8 +48,13 @@ def test_manual_rules_and_jax_grad_match_the_seeds_gradients_in_float64(x64):
     params, _ = task.init(k[1])
     params = jax.tree.map(lambda a: 0.5 * jax.random.normal(k[2], a.shape, jnp.float64), params)
     hp = e3.hyper(e3.Setting(reg=lam))
-    loss, grads, _ = task.manual_grad(params, (x, y, jnp.ones(5, bool)), None, {}, hp)
-    manual = loop.penalty_grads(grads, params, 0.0, hp.l2)
+
+    @jax.jit  # one program per side, not an eager op-by-op float64 run
+    def manual_rules(p):
+        loss, grads, _ = task.manual_grad(p, (x, y, jnp.ones(5, bool)), None, {}, hp)
+        return loss, loop.penalty_grads(grads, p, 0.0, hp.l2)
+
+    loss, manual = manual_rules(params)
 
     def seed_j(p):
         logits, _ = task.apply(p, {}, x, train=True, rng=None, hparams=hp)
@@ -58,7 +63,8 @@ def test_manual_rules_and_jax_grad_match_the_seeds_gradients_in_float64(x64):
             jnp.sum(p["layer_1"]["kernel"] ** 2) + jnp.sum(p["layer_3"]["kernel"] ** 2)
         )
 
-    auto = jax.grad(seed_j)(params)
+    seed_j = jax.jit(seed_j)
+    auto = jax.jit(jax.grad(seed_j))(params)
     np_p = jax.tree.map(np.asarray, params)
     ref_loss, ref = _seed_loss_and_grads(
         np.asarray(x), np.asarray(y), np_p["layer_1"]["kernel"], np_p["layer_1"]["bias"],
@@ -79,6 +85,7 @@ def test_iterations_become_whole_epochs():
     assert e3.epochs_for(10, 1000, 200) == 2 and e3.epochs_for(1, 1000, 200) == 1
 
 
+@pytest.mark.slow
 def test_a_sweep_member_equals_its_single_run():
     """The λ program (seeds × λ as one vmapped sweep) gives each member what loop.train gives
     it alone from the same key."""
@@ -206,6 +213,7 @@ def test_quick_run_writes_the_issues_metrics_and_figures(quick_run):
 
 
 @pytest.mark.realdata("cifar10")
+@pytest.mark.slow
 def test_the_seeds_split_of_the_real_files():
     s = e3.load_data(e3.Config())
     assert s.data.x_train.shape == (49_000, 3072) and s.data.x_val.shape == (1_000, 3072)
