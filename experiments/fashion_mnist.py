@@ -153,10 +153,14 @@ class Config(CommonConfig):
             raise ValueError("--models must name at least one of mlp cnn cnn_v2")
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"--models lists a model twice: {self.models}")
-        for name, value in (("--epochs", self.epochs), ("--cnn-epochs", self.cnn_epochs),
-                            ("--patience", self.patience), ("--cnn-seeds", self.cnn_seeds),
-                            ("--batch-size", self.batch_size),
-                            ("--checkpoint-every", self.checkpoint_every)):  # fmt: skip
+        for name, value in (
+            ("--epochs", self.epochs),
+            ("--cnn-epochs", self.cnn_epochs),
+            ("--patience", self.patience),
+            ("--cnn-seeds", self.cnn_seeds),
+            ("--batch-size", self.batch_size),
+            ("--checkpoint-every", self.checkpoint_every),
+        ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         for name, lr in (("--mlp-lr", self.mlp_lr), ("--cnn-lr", self.cnn_lr)):
@@ -201,9 +205,13 @@ def load_split(config: Config) -> Split:
     xt = test.images[:n_test].astype(np.float32) / 255.0
     yt = test.labels[:n_test].astype(np.int32)
     data = loop.Data(
-        jnp.asarray(x[fit]), jnp.asarray(y[fit]), jnp.asarray(x[val]), jnp.asarray(y[val]),
-        jnp.asarray(xt), jnp.asarray(yt),
-    )  # fmt: skip
+        jnp.asarray(x[fit]),
+        jnp.asarray(y[fit]),
+        jnp.asarray(x[val]),
+        jnp.asarray(y[val]),
+        jnp.asarray(xt),
+        jnp.asarray(yt),
+    )
     sizes = {"train": int(fit.size), "val": int(val.size), "test": int(yt.size)}
     return Split(data, tuple(train.class_names), sizes)
 
@@ -211,7 +219,9 @@ def load_split(config: Config) -> Split:
 def model_data(config: Config, model: str, data: loop.Data) -> loop.Data:
     """The data a model trains on: all of it, except the CNNs in quick mode (512 images)."""
     if config.quick and model != "mlp" and config.n_train is None:
-        return data._replace(x_train=data.x_train[:QUICK_CNN_FIT], y_train=data.y_train[:QUICK_CNN_FIT])
+        return data._replace(
+            x_train=data.x_train[:QUICK_CNN_FIT], y_train=data.y_train[:QUICK_CNN_FIT]
+        )
     return data
 
 
@@ -307,8 +317,9 @@ def _evaluate_best(task, data, best_params, best_state, n: int):
     return np.asarray(accs), np.stack(cms)
 
 
-def curve_difference(a: dict, b: dict, keys=("train_loss", "val_loss", "val_accuracy",
-                                            "test_accuracy")) -> dict:  # fmt: skip
+def curve_difference(
+    a: dict, b: dict, keys=("train_loss", "val_loss", "val_accuracy", "test_accuracy")
+) -> dict:
     """Largest |a - b| of each curve over the epochs both runs have (1-D arrays)."""
     out = {}
     for k in keys:
@@ -326,9 +337,14 @@ def train_mlp(config: Config, data: loop.Data, key, ckpt_dir: Path) -> Stage:
     members = [sweep.Member(s, 0, hyper(config, "mlp")) for s in range(seeds)]
     start = time.perf_counter()
     res = sweep.sweep(
-        task, train_config(config, "mlp"), data, members, key=key, strategy="vmap",
+        task,
+        train_config(config, "mlp"),
+        data,
+        members,
+        key=key,
+        strategy="vmap",
         quiet=config.quiet,
-    )  # fmt: skip
+    )
     seconds = time.perf_counter() - start
     # The report's ModelCheckpoint: the best epoch's model goes to disk and is read back.
     best = {"params": res.best_params, "state": res.best_state}
@@ -366,8 +382,15 @@ def manual_twin(config, task, data, member, key, res, test_acc0: float) -> dict:
     t0 = time.perf_counter()
     runs = {}
     for grad in ("manual", "autodiff"):
-        r = sweep.sweep(task, train_config(config, "mlp", grad), data, [member], key=key,
-                        strategy="vmap", quiet=config.quiet)  # fmt: skip
+        r = sweep.sweep(
+            task,
+            train_config(config, "mlp", grad),
+            data,
+            [member],
+            key=key,
+            strategy="vmap",
+            quiet=config.quiet,
+        )
         acc, _ = _evaluate_best(task, data, r.best_params, r.best_state, 1)
         runs[grad] = ({k: v[0] for k, v in r.history.items()}, r, float(acc[0]))
     (man_h, man, man_acc), (alone_h, alone, alone_acc) = runs["manual"], runs["autodiff"]
@@ -401,8 +424,12 @@ def time_steps(task, tcfg, data, hp, key, n: int = 3) -> dict:
     # Evaluation: a forward pass, about a third of a training step per image.
     n_eval = sum(int(x.shape[0]) for _, x, _ in loop._eval_sets(tcfg, data))
     epoch_s = pl.steps_per_epoch * step_s + n_eval * step_s / (3 * tcfg.batch_size)
-    return {"compile_s": compile_s, "step_s": step_s, "epoch_s": epoch_s,
-            "steps_per_epoch": pl.steps_per_epoch}  # fmt: skip
+    return {
+        "compile_s": compile_s,
+        "step_s": step_s,
+        "epoch_s": epoch_s,
+        "steps_per_epoch": pl.steps_per_epoch,
+    }
 
 
 def _fmt_s(s: float) -> str:
@@ -418,8 +445,9 @@ def train_cnn(config: Config, model: str, data: loop.Data, key, ckpt_dir: Path) 
     outs, resumed, seconds, epochs_here, timing = [], [], 0.0, 0, None
     for s in range(seeds):
         m_key = jax.random.fold_in(key, s)
-        ckpt = Checkpointer(ckpt_dir / f"{model}_seed{s}", every=config.checkpoint_every,
-                            at_epoch_end=True)  # fmt: skip
+        ckpt = Checkpointer(
+            ckpt_dir / f"{model}_seed{s}", every=config.checkpoint_every, at_epoch_end=True
+        )
         if not ckpt.exists() and timing is None:
             timing = time_steps(task, tcfg, data, hp, m_key)
             if not config.quiet:
@@ -465,11 +493,17 @@ def train_cnn(config: Config, model: str, data: loop.Data, key, ckpt_dir: Path) 
 
 def _fingerprint(config: Config, sizes: dict, model: str) -> dict:
     fp = {
-        "sizes": sizes, "model": model, "epochs": max_epochs(config, model),
-        "patience": config.patience, "seeds": n_seeds(config, model), "seed": config.seed,
-        "batch_size": config.batch_size, "val_fraction": config.val_fraction,
-        "hyper": list(hyper(config, model)), "quick": config.quick,
-    }  # fmt: skip
+        "sizes": sizes,
+        "model": model,
+        "epochs": max_epochs(config, model),
+        "patience": config.patience,
+        "seeds": n_seeds(config, model),
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "val_fraction": config.val_fraction,
+        "hyper": list(hyper(config, model)),
+        "quick": config.quick,
+    }
     if model == "mlp":
         fp["manual_twin"] = config.manual_twin
     else:
@@ -496,10 +530,14 @@ def save_stage(stage_dir: Path, fp: dict, stage: Stage, timing: dict | None) -> 
     np.savez(tmp, **arrays)
     tmp.replace(stem.with_suffix(".npz"))
     info = {
-        "fingerprint": fp, "strategy": stage.strategy, "seconds": stage.seconds,
-        "seconds_per_epoch": stage.seconds_per_epoch, "twin": stage.twin,
-        "resumed_from_step": stage.resumed_from_step, "timing": timing,
-    }  # fmt: skip
+        "fingerprint": fp,
+        "strategy": stage.strategy,
+        "seconds": stage.seconds,
+        "seconds_per_epoch": stage.seconds_per_epoch,
+        "twin": stage.twin,
+        "resumed_from_step": stage.resumed_from_step,
+        "timing": timing,
+    }
     atomic_write_text(stem.with_suffix(".json"), json.dumps(info, indent=1))
 
 
@@ -516,11 +554,17 @@ def load_stage(stage_dir: Path, fp: dict) -> tuple[Stage, dict | None] | None:
     stage = Stage(
         seed=a["seed"],
         history={k[len("history_") :]: v for k, v in a.items() if k.startswith("history_")},
-        best_epoch=a["best_epoch"], epochs_run=a["epochs_run"], test_acc=a["test_acc"],
-        confusion=a["confusion"], first_kernel=a["first_kernel"], strategy=info["strategy"],
-        seconds=float(info["seconds"]), seconds_per_epoch=float(info["seconds_per_epoch"]),
-        resumed_from_step=info["resumed_from_step"], twin=info["twin"],
-    )  # fmt: skip
+        best_epoch=a["best_epoch"],
+        epochs_run=a["epochs_run"],
+        test_acc=a["test_acc"],
+        confusion=a["confusion"],
+        first_kernel=a["first_kernel"],
+        strategy=info["strategy"],
+        seconds=float(info["seconds"]),
+        seconds_per_epoch=float(info["seconds_per_epoch"]),
+        resumed_from_step=info["resumed_from_step"],
+        twin=info["twin"],
+    )
     return stage, info.get("timing")
 
 
@@ -548,12 +592,15 @@ def peek(config: Config, out: Path) -> dict:
             e = int(ls.epoch)
             h = {k: np.asarray(v)[:e].tolist() for k, v in ls.history.items()}
             found[f"{model}_seed{s}"] = {
-                "epochs_done": e, "step": int(ls.train.step), "batch_in_epoch": int(ls.batch),
+                "epochs_done": e,
+                "step": int(ls.train.step),
+                "batch_in_epoch": int(ls.batch),
                 "best_epoch": int(ls.early.best_epoch) + 1,
                 "best_val_accuracy": float(ls.early.best_value),
                 "val_accuracy": h.get("val_accuracy", []),
-                "test_accuracy": h.get("test_accuracy", []), "stopped": bool(ls.stopped),
-            }  # fmt: skip
+                "test_accuracy": h.get("test_accuracy", []),
+                "stopped": bool(ls.stopped),
+            }
             print(f"{model} seed {s}: {json.dumps(found[f'{model}_seed{s}'])}", flush=True)
     if not found:
         print(f"no CNN checkpoint under {out / 'checkpoints'} for these settings", flush=True)
@@ -596,11 +643,17 @@ def run(config: Config, run_dir) -> dict:
         **out,
         "sizes": sizes,
         "protocol": {
-            "batch_size": config.batch_size, "optimizer": "nesterov", "momentum": config.momentum,
-            "mlp_lr": config.mlp_lr, "cnn_lr": config.cnn_lr, "v2_decay": config.v2_decay,
-            "patience": config.patience, "val_fraction": config.val_fraction,
-            "quick": config.quick, "devices": [str(d) for d in jax.devices()],
-        },  # fmt: skip
+            "batch_size": config.batch_size,
+            "optimizer": "nesterov",
+            "momentum": config.momentum,
+            "mlp_lr": config.mlp_lr,
+            "cnn_lr": config.cnn_lr,
+            "v2_decay": config.v2_decay,
+            "patience": config.patience,
+            "val_fraction": config.val_fraction,
+            "quick": config.quick,
+            "devices": [str(d) for d in jax.devices()],
+        },
     }
 
 
@@ -676,8 +729,9 @@ def _figures(split, stages, out, run_dir) -> None:
     for ax, m in zip(axes[0], keys, strict=True):
         b = int(np.argmax(stages[m].test_acc))
         figures.confusion_matrix_plot(ax, stages[m].confusion[b], split.class_names)
-        ax.set_title(f"{m}, seed {b}: test accuracy {100 * stages[m].test_acc[b]:.2f} %",
-                     fontsize=8)  # fmt: skip
+        ax.set_title(
+            f"{m}, seed {b}: test accuracy {100 * stages[m].test_acc[b]:.2f} %", fontsize=8
+        )
     fig.tight_layout()
     run_dir.write_figure(fig, "confusion_matrices.png")
     plt.close("all")
@@ -697,7 +751,7 @@ def _models(metrics: dict) -> dict:
 def report_rows(metrics: dict) -> list[ReportRow]:
     rows = []
     quick = metrics["protocol"]["quick"]
-    for m, r in _models(metrics).items():
+    for r in _models(metrics).values():
         target = r["target"]
         if quick:
             note = "quick mode (a subset, 1-2 epochs): not compared"
@@ -705,8 +759,11 @@ def report_rows(metrics: dict) -> list[ReportRow]:
             note = f"target ≥ {_pct(target)} test: {'met' if r['test_acc_mean'] >= target else 'not met'}"
         else:
             gap = V2_REFERENCE - r["test_acc_mean"]
-            note = (f"{100 * gap:.2f} points below the report's ≈ 95 %" if gap > 0
-                    else "at or above the report's ≈ 95 %")  # fmt: skip
+            note = (
+                f"{100 * gap:.2f} points below the report's ≈ 95 %"
+                if gap > 0
+                else "at or above the report's ≈ 95 %"
+            )
         rows.append(
             ReportRow(
                 f"{r['name']}: accuracy",
@@ -758,8 +815,12 @@ def report_notes(metrics: dict) -> str:
         f"Data: Fashion-MNIST, {first['train']} training / {first['val']} validation "
         f"(stratified {100 * p['val_fraction']:g} % of the training split) / {first['test']} "
         "test images, pixels / 255."
-        + (" Quick mode: a subset (the CNNs fit on 512 images) and 1-2 epochs, not comparable "
-           "with the report." if p["quick"] else ""),  # fmt: skip
+        + (
+            " Quick mode: a subset (the CNNs fit on 512 images) and 1-2 epochs, not comparable "
+            "with the report."
+            if p["quick"]
+            else ""
+        ),
         f"Protocol: SGD with Nesterov momentum {p['momentum']:g}, batch {p['batch_size']}, "
         f"learning rate {p['mlp_lr']:g} (MLP) and {p['cnn_lr']:g} (CNNs; the retrained CNN "
         f"multiplied by {p['v2_decay']:g} per epoch); early stopping after {p['patience']} "
@@ -772,10 +833,17 @@ def report_notes(metrics: dict) -> str:
     table = []
     for m, r in ms.items():
         runs = r["epochs_run"]
-        table.append([
-            m, f"{r['seeds']}", f"{r['max_epochs']}", f"{min(runs)}–{max(runs)}",
-            r["strategy"], f"{r['seconds_per_epoch']:.1f}", f"{r['seconds']:.0f}",
-        ])  # fmt: skip
+        table.append(
+            [
+                m,
+                f"{r['seeds']}",
+                f"{r['max_epochs']}",
+                f"{min(runs)}–{max(runs)}",
+                r["strategy"],
+                f"{r['seconds_per_epoch']:.1f}",
+                f"{r['seconds']:.0f}",
+            ]
+        )
     lines += markdown_table(
         ["model", "seeds", "max epochs", "epochs run", "engine", "s / epoch", "seconds"], table
     )
@@ -797,10 +865,13 @@ def report_notes(metrics: dict) -> str:
             if gap > 0:
                 why = []
                 if max(r["epochs_run"]) >= r["max_epochs"]:
-                    why.append(f"the run reached its {r['max_epochs']}-epoch cap still "
-                               "able to improve")  # fmt: skip
-                why.append("no data augmentation (the report's ≈ 95 % is a validation "
-                           "figure it read off a plot; ours is the held-out test set)")  # fmt: skip
+                    why.append(
+                        f"the run reached its {r['max_epochs']}-epoch cap still able to improve"
+                    )
+                why.append(
+                    "no data augmentation (the report's ≈ 95 % is a validation "
+                    "figure it read off a plot; ours is the held-out test set)"
+                )
                 parts.append(f"{100 * gap:.2f} points short of ≈ 95 %: " + "; ".join(why))
             else:
                 parts.append("it reaches the report's ≈ 95 %")
@@ -808,15 +879,20 @@ def report_notes(metrics: dict) -> str:
             parts.append(
                 f"trained seed by seed in the Python loop with checkpoints, "
                 f"{r['seconds_per_epoch']:.0f} s per epoch measured"
-                + (f" (projected {r['projected']['epoch_s']:.0f} s before it started)"
-                   if r.get("projected") else "")  # fmt: skip
+                + (
+                    f" (projected {r['projected']['epoch_s']:.0f} s before it started)"
+                    if r.get("projected")
+                    else ""
+                )
             )
             if any(s is not None for s in r["resumed_from_step"]):
                 steps = [s for s in r["resumed_from_step"] if s is not None]
                 parts.append(f"resumed from checkpoint at step(s) {steps}")
         else:
-            parts.append(f"its {r['seeds']} seeds trained as one vmapped sweep (one compiled "
-                         "program); best parameters written to a checkpoint and read back")  # fmt: skip
+            parts.append(
+                f"its {r['seeds']} seeds trained as one vmapped sweep (one compiled "
+                "program); best parameters written to a checkpoint and read back"
+            )
         parts.append(
             f"best epochs {r['best_epochs']} of {r['epochs_run']} run (cap {r['max_epochs']})"
         )
