@@ -40,6 +40,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -689,17 +690,27 @@ def model_metrics(config: Config, model: str, st: Stage, timing: dict | None) ->
 
 
 def _figures(split, stages, out, run_dir) -> None:
+    with warnings.catch_warnings():
+        # A curve's epochs after its run stopped are NaN: no mean / std there, by design.
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        warnings.filterwarnings("ignore", "Degrees of freedom", RuntimeWarning)
+        _draw_figures(split, stages, out, run_dir)
+
+
+def _draw_figures(split, stages, out, run_dir) -> None:
     import matplotlib.pyplot as plt
 
     keys = list(stages)
     n = len(keys)
     fig, axes = plt.subplots(2, n, figsize=(4.4 * n, 7), squeeze=False)
     for j, m in enumerate(keys):
-        h = stages[m].history
+        # Epochs after the longest run stopped are NaN for every seed: leave them out.
+        last = max(int(np.max(stages[m].epochs_run)), 1)
+        h = {k: np.asarray(v)[:, :last] for k, v in stages[m].history.items()}
         acc = {f"{p}": h[f"{p}_accuracy"] for p in ("train", "val") if f"{p}_accuracy" in h}
         if "manual_twin" in out[m]:
             acc["val (manual backprop, seed 0)"] = np.asarray(
-                [out[m]["manual_twin"]["val_accuracy_manual"]], float
+                [out[m]["manual_twin"]["val_accuracy_manual"][:last]], float
             )
         figures.curves_with_bands(axes[0, j], acc, ylabel="accuracy")
         loss = {"train": h["train_loss"] if "train_loss" in h else h["train_batch_loss"]}
