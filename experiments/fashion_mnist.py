@@ -127,8 +127,8 @@ class Config(CommonConfig):
     val_fraction: float = 0.1
     """Stratified share of the training images held out for validation (the report: 10 %)."""
 
-    manual_twin: bool = True
-    """Train the MLP's first seed again with the manual backprop rules (same key) and compare the curves with jax.grad's."""
+    skip_manual_twin: bool = False
+    """Skip the MLP's manual-backprop twin (by default its first seed is trained again by the manual backprop rules and by jax.grad, same key, and the curves compared)."""
 
     cnn_eval_train: bool = False
     """Also evaluate the whole training set after every CNN epoch (a third more time); without it the CNN's training curve is the mean loss of the epoch's steps (training mode)."""
@@ -356,7 +356,7 @@ def train_mlp(config: Config, data: loop.Data, key, ckpt_dir: Path) -> Stage:
         best = checkpoint.restore(path, best)
     test_acc, cms = _evaluate_best(task, data, best["params"], best["state"], seeds)
     twin = None
-    if config.manual_twin:
+    if not config.skip_manual_twin:
         twin = manual_twin(config, task, data, members[0], key, res, float(test_acc[0]))
     epochs_done = max(int(np.max(res.epochs_run)), 1)
     return Stage(
@@ -506,7 +506,7 @@ def _fingerprint(config: Config, sizes: dict, model: str) -> dict:
         "quick": config.quick,
     }
     if model == "mlp":
-        fp["manual_twin"] = config.manual_twin
+        fp["manual_twin"] = not config.skip_manual_twin
     else:
         fp["eval_train"] = config.cnn_eval_train
     if model == "cnn_v2":

@@ -104,7 +104,7 @@ def test_help_explains_every_option(capsys):
         "--cnn-lr",
         "--momentum",
         "--v2-decay",
-        "manual-twin",
+        "--skip-manual-twin",
         "--checkpoint-every",
         "--fresh",
         "--peek",
@@ -299,7 +299,9 @@ def test_killed_cnn_run_resumes_from_its_checkpoints(small_data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.realdata("fashion_mnist")
 def test_quick_mlp_on_fashion_mnist(tmp_path):
-    cfg = fm.Config(quick=True, quiet=True, models=("mlp",), manual_twin=False, out=str(tmp_path))
+    cfg = fm.Config(
+        quick=True, quiet=True, models=("mlp",), skip_manual_twin=True, out=str(tmp_path)
+    )
     split = fm.load_split(cfg)
     assert split.sizes == {"train": 2700, "val": 300, "test": 1000}
     y_val = np.asarray(split.data.y_val)
