@@ -309,3 +309,48 @@ def test_quick_mlp_on_fashion_mnist(tmp_path):
     np.testing.assert_allclose(np.bincount(y_val), counts / 10, atol=1)  # stratified
     m, _ = execute(fm, cfg)
     assert 0.5 < m["mlp"]["test_acc_mean"] <= 1.0 and len(m["mlp"]["test_accs"]) == 2
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _model(name, accs, best, runs, cap, **extra):
+    accs = np.asarray(accs)
+    return {
+        "name": fm.LABELS[name], "test_acc_mean": float(accs.mean()),
+        "test_acc_std": float(accs.std()), "test_accs": accs.tolist(),
+        "best_epoch_mean": float(np.mean(best)), "best_epochs": best, "epochs_run": runs,
+        "max_epochs": cap, "val_acc_best_mean": 0.93, "seconds": 10.0,
+        "seconds_per_epoch": 1.0, "seeds": len(accs),
+        "strategy": "vmap" if name == "mlp" else "sequential",
+        "test_curve_vs_restored_max_diff": 0.0, "resumed_from_step": [None] * len(accs),
+        "projected": None, "seed_val_acc": fm.SEED_VAL[name], "target": fm.TARGETS[name],
+        **extra,
+    }  # fmt: skip
+
+
+def test_report_sentences_follow_the_checks():
+    twin = {
+        "max_abs_diff": {"val_loss": 0.02, "val_accuracy": 0.009},
+        "control_max_abs_diff": {"val_loss": 0.03, "val_accuracy": 0.013},
+        "epochs_run": [54, 44], "best_epoch": [44, 34], "test_acc": [0.888, 0.886],
+    }  # fmt: skip
+    metrics = {
+        "mlp": _model("mlp", [0.885, 0.895, 0.881], [33, 86, 17], [43, 96, 27], 100,
+                      manual_twin=twin),
+        "cnn": _model("cnn", [0.93], [9], [19], 100),
+        "cnn_v2": _model("cnn_v2", [0.92], [4], [4], 4),
+        "sizes": {"mlp": {"train": 54000, "val": 6000, "test": 10000}},
+        "protocol": {"batch_size": 256, "momentum": 0.9, "mlp_lr": 0.05, "cnn_lr": 0.01,
+                     "v2_decay": 0.9, "patience": 10, "val_fraction": 0.1, "quick": False,
+                     "devices": ["cpu:0"]},
+    }  # fmt: skip
+    text = fm.report_notes(metrics)
+    assert "mlp: test accuracy 88.70 %" in text and "1.30 points above the report's 87.40 %" in text
+    assert "the target ≥ 88.50 % is met" in text
+    assert "cnn: test accuracy 93.00 %" in text and "the target ≥ 93.60 % is not met" in text
+    assert "3.00 points short of ≈ 95 %" in text and "still rising" in text
+    assert "of the size of the control" in text and "differs by up to 0.03" in text
+    rows = fm.report_rows(metrics)
+    assert [r.note.split(":")[-1].strip() for r in rows[:2]] == ["met", "not met"]
+    assert rows[2].note == "3.00 points below the report's ≈ 95 %"
