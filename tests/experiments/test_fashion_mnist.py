@@ -354,3 +354,4 @@ def test_report_sentences_follow_the_checks():
     rows = fm.report_rows(metrics)
     assert [r.note.split(":")[-1].strip() for r in rows[:2]] == ["met", "not met"]
     assert rows[2].note == "3.00 points below the report's ≈ 95 %"
+    assert rows[2].seed_value == "≈ 95 % validation"
