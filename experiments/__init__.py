@@ -84,6 +84,14 @@ REGISTRY: tuple[ExperimentInfo, ...] = (
         "E5",
     ),
     ExperimentInfo(
+        "fashion_mnist",
+        "003_7a64f05ef5897792.txt",
+        "§2.1-2.2",
+        "Fashion-MNIST MLP (dropout, batch norm, Nesterov, early stopping; seeds as one vmapped "
+        "sweep, manual-backprop twin) and the two CNNs (checkpointed, resumable): test accuracy",
+        "E6",
+    ),
+    ExperimentInfo(
         "pca_logreg",
         "003_7a64f05ef5897792.txt",
         "§2.3",

@@ -259,17 +259,17 @@ def _predict(task, params, state, x, chunk: int = 2000) -> np.ndarray:
     )
 
 
-def _stage_from(task, data, members, results, strategy, seconds) -> Stage:
+def _stage_from(task, data, members, trained, strategy, seconds) -> Stage:
     """Stacks per-member results (``loop.TrainResult``-like, host arrays) into a Stage."""
-    hist = results.history
+    hist = trained.history
     errors = {
         f"{k}_error": 1.0 - np.asarray(hist[f"{k}_accuracy"]) for k in ("train", "val", "test")
     }
     confusion, test_err = [], []
     yt = np.asarray(data.y_test)
     for i in range(len(members)):
-        params = jax.tree.map(lambda a, i=i: a[i], results.best_params)
-        state = jax.tree.map(lambda a, i=i: a[i], results.best_state)
+        params = jax.tree.map(lambda a, i=i: a[i], trained.best_params)
+        state = jax.tree.map(lambda a, i=i: a[i], trained.best_state)
         pred = _predict(task, params, state, data.x_test)
         test_err.append(float(np.mean(pred != yt)))
         confusion.append(np.asarray(mx.confusion_matrix(yt, pred, N_CLASSES)))
@@ -277,9 +277,9 @@ def _stage_from(task, data, members, results, strategy, seconds) -> Stage:
         lr=np.asarray([m.hyper.learning_rate for m in members], np.float64),
         seed=np.asarray([m.seed for m in members], np.int64),
         history=errors,
-        best_epoch=np.asarray(results.best_epoch, np.int64),
-        epochs_run=np.asarray(results.epochs_run, np.int64),
-        diverged=np.asarray(results.diverged, bool),
+        best_epoch=np.asarray(trained.best_epoch, np.int64),
+        epochs_run=np.asarray(trained.epochs_run, np.int64),
+        diverged=np.asarray(trained.diverged, bool),
         test_error_best=np.asarray(test_err),
         confusion=np.stack(confusion),
         strategy=strategy,

@@ -96,6 +96,8 @@ class SweepResult(NamedTuple):
             final history values, diverged.
         strategy: "vmap" or "sequential".
         devices: number of devices the member axis was sharded over.
+        best_state: the model state (e.g. BatchNorm running statistics) that goes with
+            ``best_params``, leading ``[M]`` axis ({} for stateless models).
     """
 
     members: list
@@ -110,6 +112,7 @@ class SweepResult(NamedTuple):
     rows: list
     strategy: str
     devices: int
+    best_state: Any = None
 
 
 def grid_members(
@@ -415,6 +418,7 @@ def sweep(
         rows=_tidy_rows(members, stacked, cfg.monitor, keys_hist, names),
         strategy=picked,
         devices=n_dev,
+        best_state=stacked.best_state,
     )
 
 
