@@ -57,7 +57,7 @@ from mljax.nn import models
 from mljax.progress import progress
 from mljax.train import checkpoint, figures, loop, sweep, tasks
 from mljax.train.checkpoint import Checkpointer
-from mljax.train.image_data import ImageSplit, image_split
+from mljax.train.image_data import ImageSplit, check_split_sizes, image_split
 
 NAME = "fashion_mnist"
 MODEL_KEYS = ("mlp", "cnn", "cnn_v2")
@@ -169,17 +169,7 @@ class Config(CommonConfig):
             raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum}")
         if not 0 < self.v2_decay <= 1:
             raise ValueError(f"--v2-decay must lie in (0, 1], got {self.v2_decay}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
-        if self.n_train is not None:
-            n_fit = self.n_train - round(self.n_train * self.val_fraction)
-            if not 1 <= self.n_train <= 60000 or n_fit < self.batch_size:
-                raise ValueError(
-                    f"--n-train must be in 1..60000 and leave at least one batch "
-                    f"({self.batch_size}) after the validation share; got {self.n_train}"
-                )
-        if self.n_test is not None and not 1 <= self.n_test <= 10000:
-            raise ValueError(f"--n-test must be in 1..10000, got {self.n_test}")
+        check_split_sizes(self.n_train, self.n_test, self.val_fraction, self.batch_size)
 
 
 # ----------------------------------------------------------------------------- data

@@ -14,7 +14,7 @@ from mljax.data import images
 from mljax.data.batches import train_val_split
 from mljax.train.loop import Data
 
-__all__ = ["ImageSplit", "image_split"]
+__all__ = ["ImageSplit", "check_split_sizes", "image_split"]
 
 
 class ImageSplit(NamedTuple):
@@ -66,3 +66,29 @@ def image_split(
     )
     sizes = {"train": int(fit.size), "val": int(val.size), "test": int(yt.size)}
     return ImageSplit(data, tuple(train.class_names), sizes)
+
+
+def check_split_sizes(
+    n_train: int | None,
+    n_test: int | None,
+    val_fraction: float,
+    batch_size: int,
+    *,
+    train_images: int = 60_000,
+    test_images: int = 10_000,
+) -> None:
+    """The command-line checks of :func:`image_split`'s sizes, before any data is read:
+    ``ValueError`` naming the option unless ``val_fraction`` lies in (0, 1), ``n_train`` (when
+    given) is at most ``train_images`` and leaves at least one batch after the validation
+    share, and ``n_test`` (when given) is in ``1..test_images``."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"--val-fraction must lie in (0, 1), got {val_fraction}")
+    if n_train is not None:
+        n_fit = n_train - round(n_train * val_fraction)
+        if not 1 <= n_train <= train_images or n_fit < batch_size:
+            raise ValueError(
+                f"--n-train must be in 1..{train_images} and leave at least one batch "
+                f"({batch_size}) after the validation share; got {n_train}"
+            )
+    if n_test is not None and not 1 <= n_test <= test_images:
+        raise ValueError(f"--n-test must be in 1..{test_images}, got {n_test}")

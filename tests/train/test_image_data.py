@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mljax.data.images import DatasetNotFoundError
-from mljax.train.image_data import image_split
+from mljax.train.image_data import check_split_sizes, image_split
 
 
 def _write(d, prefix: str, imgs: np.ndarray, lbls: np.ndarray) -> None:
@@ -65,3 +65,20 @@ def test_missing_dataset_raises_the_data_layers_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     with pytest.raises(DatasetNotFoundError, match="mnist"):
         image_split("mnist", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(val_fraction=1.5), r"--val-fraction must lie in \(0, 1\), got 1.5"),
+        (dict(n_train=100), r"leave at least one batch \(200\) .* got 100"),
+        (dict(n_train=70_000), r"--n-train must be in 1..60000"),
+        (dict(n_test=0), r"--n-test must be in 1..10000, got 0"),
+    ],
+)
+def test_bad_sizes_name_the_option(kwargs, message):
+    args = {"n_train": None, "n_test": None, "val_fraction": 0.1, "batch_size": 200, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        check_split_sizes(**args)
+    # 223 images keep 201 after a 10 % validation share: one batch of 200 fits.
+    check_split_sizes(223, 10_000, 0.1, 200)
