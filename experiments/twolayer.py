@@ -284,10 +284,10 @@ def network(hidden: tuple[int, ...], *, dropout: bool = False) -> tuple:
     return tuple(models.mlp(hidden, N_CLASSES, dropout=0.5 if dropout else 0.0, kernel_init=init))
 
 
-@functools.cache
+@functools.lru_cache(maxsize=loop.COMPILED_CACHE_SIZE)
 def make_task(hidden: tuple[int, ...], d: int, *, dropout: bool = False) -> loop.Task:
-    """The task of ``network`` on ``d`` inputs (cached: equal settings reuse one compiled
-    program)."""
+    """The task of ``network`` on ``d`` inputs (kept for the last few settings, as the engine
+    keeps its compiled programs: equal settings reuse one compiled program)."""
     return tasks.layer_task(network(hidden, dropout=dropout), (1, d), dropout_from_hyper=dropout)
 
 
