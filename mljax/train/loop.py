@@ -95,6 +95,7 @@ __all__ = [
     "data_spec",
     "default_decay_mask",
     "evaluate",
+    "fixed_order_sum",
     "get_grad_fn",
     "history_keys",
     "init_loop_state",
@@ -562,13 +563,37 @@ def split_keys(key):
 # ----------------------------------------------------------------------------- evaluation
 
 
+def fixed_order_sum(v: jax.Array) -> jax.Array:
+    """Sum of a 1-D array, added in an order fixed by its length alone (pairwise halves).
+
+    ``jnp.sum`` leaves the order to XLA, whose CPU code for a reduction depends on the batch
+    it sits in: the same member of a vmapped sweep of 40 and of 20 (a sweep split over two
+    devices or processes) can differ in the last bit. Element-wise adds of halves are exact
+    per element whatever the batch, so :func:`evaluate` gives the same bits however the
+    members are laid out. Costs ``ceil(log2 n)`` element-wise adds.
+
+    What this does not fix: when all members share one dataset, XLA may fuse their products
+    with it into one wider matmul, whose accumulation order can depend on the member count;
+    members with data of their own (a sweep over several datasets) are unaffected.
+    """
+    if v.ndim != 1:
+        raise ValueError(f"fixed_order_sum sums a 1-D array; got shape {v.shape}")
+    if v.shape[0] == 0:
+        return jnp.zeros((), v.dtype)
+    while v.shape[0] > 1:
+        half = v.shape[0] // 2
+        head = v[:half] + v[half : 2 * half]
+        v = jnp.concatenate([head, v[2 * half :]]) if v.shape[0] % 2 else head
+    return v[0]
+
+
 def _chunk_metrics(task: Task, params, state, x, y, mask, hp):
     out, _ = task.apply(params, state, x, train=False, rng=None, hparams=hp)
     w = mask.astype(jnp.float32)
-    sums = {"loss": jnp.sum(task.per_example_loss(out, y) * w)}
+    sums = {"loss": fixed_order_sum(task.per_example_loss(out, y) * w)}
     if task.metrics is not None:
         for k, v in task.metrics(out, y).items():
-            sums[k] = jnp.sum(v.astype(jnp.float32) * w)
+            sums[k] = fixed_order_sum(v.astype(jnp.float32) * w)
     return sums
 
 
@@ -600,7 +625,7 @@ def evaluate(task: Task, params, state, x, y, hp: Hyper, *, batch_size: int = 20
         per = lax.map(
             lambda c: _chunk_metrics(task, params, state, c[0], c[1], c[2], hp), (xs, ys, ms)
         )
-        sums = {k: jnp.sum(v) for k, v in per.items()}
+        sums = {k: fixed_order_sum(v) for k, v in per.items()}
     return {k: v / n for k, v in sums.items()}
 
 
@@ -878,7 +903,7 @@ def make_train(task: Task, cfg: TrainConfig) -> Callable[[Data, Hyper, jax.Array
 
             ts, losses = lax.scan(batch_body, ts, (batches.indices, batches.mask))
             record = _eval_all(task, cfg, ts.params, ts.model_state, data, hp)
-            record["train_batch_loss"] = jnp.mean(losses)
+            record["train_batch_loss"] = fixed_order_sum(losses) / losses.shape[0]
             record["lr"] = hp.learning_rate * schedule(ts.step)
             hist, es, stop = _record_epoch(cfg, ts, es, hist, epoch, record)
             return ts, es, hist, epoch + 1, stop
