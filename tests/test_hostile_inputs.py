@@ -153,6 +153,7 @@ def test_playground_noise(name, noise):
         max_size=6,
     )
 )
+@pytest.mark.slow
 def test_adjusted_rand_index_labels(labels):
     out = _ends_well(
         lambda: metrics.adjusted_rand_index(np.asarray(labels), np.asarray(labels)),

@@ -31,6 +31,7 @@ def test_quick_run_writes_rows(tmp_path, capsys):
     assert "| seed004 mlp_c" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_default_output_goes_where_make_bench_writes(tmp_path, monkeypatch):
     """Without --out the rows land in $MLJAX_RESULTS_DIR/bench/, like `make bench`."""
     monkeypatch.setenv("MLJAX_RESULTS_DIR", str(tmp_path))

@@ -76,6 +76,7 @@ def test_sample_refuses_non_pd_covariance():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.slow
 def test_gmm_fit_half_precision_computes_in_float32(dtype):
     x, truth = _blobs()
     res = gmm.fit(KEY, jnp.asarray(x, dtype), 2)
@@ -280,6 +281,7 @@ def test_property_sample_n(n):
 
 @SETTINGS
 @given(tol=HOSTILE)
+@pytest.mark.slow
 def test_property_kmeans_tol(tol):
     x, truth = _blobs()
     out = _ok_or_named(lambda: kmeans.fit(KEY, x, 2, tol=tol), "tol")
@@ -289,6 +291,7 @@ def test_property_kmeans_tol(tol):
 
 @SETTINGS
 @given(reg=HOSTILE)
+@pytest.mark.slow
 def test_property_m_step_reg_covar(reg):
     x, truth = _blobs()
     log_resp = np.log(np.eye(2, dtype="f4")[truth])
@@ -304,6 +307,7 @@ def test_property_m_step_reg_covar(reg):
     col=st.integers(0, 1),
     field=st.sampled_from(["means", "covariances_diag", "weights"]),
 )
+@pytest.mark.slow
 def test_property_e_step_params(value, row, col, field):
     p = _params()
     means, cov, w = p.means.copy(), p.covariances.copy(), p.weights.copy()

@@ -278,6 +278,7 @@ class JitVariantsTest(chex.TestCase):
         chex.assert_trees_all_close(dist, ref_d, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_fit_under_vmap_over_keys_and_datasets(x64):
     x, _ = _blobs(300, 2, 3, 1.0, seed=1)
     keys = jax.random.split(jax.random.key(0), 3)

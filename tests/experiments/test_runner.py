@@ -54,6 +54,7 @@ def test_registry_entries_are_complete():
         assert issubclass(module.Config, CommonConfig)
 
 
+@pytest.mark.slow
 def test_list_command():
     out = subprocess.run(
         [sys.executable, "-m", "experiments", "--list"], capture_output=True, text=True, timeout=120
@@ -166,6 +167,7 @@ def test_reproduce_with_an_empty_registry(tmp_path, monkeypatch):
     assert "No experiments are registered yet" in (tmp_path / "REPORT.md").read_text()
 
 
+@pytest.mark.slow
 def test_reproduce_help():
     out = subprocess.run(
         [sys.executable, "-m", "experiments.reproduce", "--help"],

@@ -139,6 +139,7 @@ def test_wrong_gradient_fails_the_check():
     assert rows["W1"] > 1e-2 and rows["b2"] > 1e-2 and rows["W2"] < 1e-8
 
 
+@pytest.mark.slow
 def test_sampled_entries_and_table_output():
     t, layers, params = _twolayer()
     res = backprop.grads(layers, params, t.x, t.y, reg=t.reg)

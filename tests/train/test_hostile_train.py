@@ -140,6 +140,7 @@ def test_property_labels_in_range_train_finite_else_valueerror(labels, dtype):
 
 @SETTINGS
 @given(d=st.integers(0, 6), rank=st.integers(1, 3))
+@pytest.mark.slow
 def test_property_feature_shapes(d, rank):
     shape = (32, d) if rank == 2 else ((32,) if rank == 1 else (32, d, 1))
     x = np.resize(DATA.x_train, shape).astype(np.float32)
@@ -173,6 +174,7 @@ def test_finite_exploding_loss_is_a_divergence():
     assert np.all(np.isfinite(losses)) and losses.max() > 1e5
 
 
+@pytest.mark.slow
 def test_python_loop_flags_the_same_divergence():
     res = loop.train(LINEAR, dataclasses.replace(CFG, strategy="python"), DATA, HUGE)
     scan = loop.train(LINEAR, CFG, DATA, HUGE)
