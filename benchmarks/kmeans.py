@@ -7,11 +7,18 @@ apart (first call minus a warm call). Agreement: relative inertia difference.
 The n_init = 8 case times 8 restarts (ours vmapped; scikit-learn's n_init loop) per iteration.
 
     python -m benchmarks.kmeans [--quick] [--out FILE] [--repeats N] [--case SUBSTRING ...]
+                                [--chunks ROWS ...]
+
+``--chunks`` also times our iteration at each given chunk size (rows read per pass of the
+chunked loop; 0 is the default, :func:`mljax.cluster.kmeans.auto_chunk_size`) for every
+single-restart case: the "ms per iteration against chunk size" table of benchmarks/README.md,
+with each chunk's size in bytes against the L2 cache size the OS reports.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -52,9 +59,14 @@ class Config:
     case: tuple[str, ...] = ()
     """Run only the cases whose name contains one of these strings (default: all)."""
 
+    chunks: tuple[int, ...] = ()
+    """Also time our Lloyd iteration at these chunk sizes (rows; 0 = the default chunk) for every single-restart case (default: none)."""
+
     def validate(self) -> None:
         if self.repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
+        if any(c < 0 for c in self.chunks):
+            raise ValueError(f"--chunks must be >= 0 (0: the default chunk), got {self.chunks}")
         self.cases()
 
     def cases(self) -> list[tuple]:
@@ -77,6 +89,48 @@ def _best_time(fn, repeats):
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def l2_cache_bytes() -> int | None:
+    """The first CPU's L2 cache size from Linux's sysfs (None where it is not reported)."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(base)):
+            with open(f"{base}/{entry}/level") as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(f"{base}/{entry}/size") as f:
+                text = f.read().strip().upper()
+            scale = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
+            return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def chunk_rows_case(name, n, d, k, iters, chunks, repeats):
+    """ms per Lloyd iteration of one case at each chunk size (0: the default chunk)."""
+    x = _data(n, d, k)
+    c0 = x[np.random.default_rng(1).choice(n, k, replace=False)]
+    l2 = l2_cache_bytes()
+    rows = []
+    for requested in chunks:
+        c = min(requested or kmeans.auto_chunk_size(n, k, d), n)
+
+        def ours(c=c):
+            r = kmeans.fit(jax.random.key(0), x, k, init=c0, max_iter=iters, tol=0.0, chunk_size=c)
+            r.inertia.block_until_ready()
+            return r
+
+        r = ours()
+        per = _best_time(ours, repeats) / int(r.n_iter)
+        x_bytes = c * d * x.itemsize
+        rows.append({
+            "case": name, "chunk_rows": c, "default": requested == 0 or c == kmeans.auto_chunk_size(n, k, d),
+            "x_chunk_bytes": x_bytes, "dist_chunk_bytes": c * k * x.itemsize,
+            "l2_bytes": l2, "ours_s": per,
+        })  # fmt: skip
+    return rows
 
 
 def matmul_flops(n, d, k):
@@ -142,6 +196,10 @@ def run_case(name, n, d, k, iters, n_init, repeats, peak=None, peak_gbs=None):
     }
 
 
+def _mib(b) -> str:
+    return "unknown" if b is None else f"{b / 2**20:.2g} MiB"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_or_none(Config, argv, "kmeans", __doc__)
     if config is None:
@@ -160,6 +218,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in rows
     ]  # fmt: skip
     print("\n".join(markdown_table(header, body)))
+    if config.chunks:
+        chunk_rows = [
+            row
+            for name, n, d, k, iters, n_init in config.cases()
+            if n_init == 1
+            for row in chunk_rows_case(name, n, d, k, iters, config.chunks, repeats)
+        ]
+        l2 = l2_cache_bytes()
+        print(f"\nms per Lloyd iteration against chunk size (L2 cache: {_mib(l2)}; * = default)")
+        print("\n".join(markdown_table(
+            ["case", "chunk rows", "x chunk (×L2)", "distances chunk", "ms/it"],
+            [[r["case"], f"{r['chunk_rows']}{' *' if r['default'] else ''}",
+              f"{_mib(r['x_chunk_bytes'])}" + (f" ({r['x_chunk_bytes'] / l2:.2g})" if l2 else ""),
+              _mib(r["dist_chunk_bytes"]), f"{1e3 * r['ours_s']:.2f}"] for r in chunk_rows],
+        )))  # fmt: skip
+        rows = rows + chunk_rows
     write_rows(rows, config.out, "kmeans")
     return 0
 

@@ -45,3 +45,26 @@ def test_quick_writes_rows(tmp_path, capsys, monkeypatch):
     assert rows[0]["iterations"] == [5, int(sk.n_iter_)]
     assert rows[0]["agreement"] < 1e-4
     assert "| 2k×4 K=3 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_chunks_table_times_each_chunk_size(tmp_path, capsys):
+    """--chunks 0 256 700: one row per size for the single-restart quick case, sizes and bytes
+    as the test computes them (2,000 × 4 float32 points, 3 centres; 0 is the default chunk)."""
+    out = tmp_path / "k.json"
+    rc, wall = timed_main(bench.main, ["--quick", "--case", "2k×4 K=3", "--chunks", "0", "256",
+                                       "700", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    rows = [r for r in json.loads(out.read_text()) if "chunk_rows" in r]
+    assert [r["chunk_rows"] for r in rows] == [2000, 256, 700]  # the default: one chunk here
+    assert [r["default"] for r in rows] == [True, False, False]
+    assert [r["x_chunk_bytes"] for r in rows] == [2000 * 16, 256 * 16, 700 * 16]
+    assert [r["dist_chunk_bytes"] for r in rows] == [2000 * 12, 256 * 12, 700 * 12]
+    # Each size: a first fit and one timed fit of 5 iterations.
+    assert_timed_calls_fit([(r["ours_s"], 5) for r in rows], wall)
+    assert "ms per Lloyd iteration against chunk size" in capsys.readouterr().out
+
+
+def test_negative_chunk_is_refused(capsys):
+    assert bench.main(["--chunks", "-5"]) == 2
+    assert "--chunks must be >= 0" in capsys.readouterr().err
