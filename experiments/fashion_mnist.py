@@ -379,31 +379,6 @@ def manual_twin(config, task, data, member, key, res, test_acc0: float) -> dict:
     }
 
 
-def time_steps(task, tcfg, data, hp, key, n: int = 3) -> dict:
-    """Seconds per training step (after compiling it) and per evaluated image, measured on
-    the engine's own jitted step; used to project an epoch and the run before it starts."""
-    pl = loop._python_loop(task, tcfg, loop.data_spec(data))
-    hp = hp.as_arrays()
-    ls = pl.init(hp, key)
-    batches = pl.batches(key, ls.epoch)
-    t0 = time.perf_counter()
-    ls = jax.block_until_ready(pl.step(ls, data.x_train, data.y_train, batches, hp, key))
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(n):
-        ls = jax.block_until_ready(pl.step(ls, data.x_train, data.y_train, batches, hp, key))
-    step_s = (time.perf_counter() - t0) / n
-    # Evaluation: a forward pass, about a third of a training step per image.
-    n_eval = sum(int(x.shape[0]) for _, x, _ in loop._eval_sets(tcfg, data))
-    epoch_s = pl.steps_per_epoch * step_s + n_eval * step_s / (3 * tcfg.batch_size)
-    return {
-        "compile_s": compile_s,
-        "step_s": step_s,
-        "epoch_s": epoch_s,
-        "steps_per_epoch": pl.steps_per_epoch,
-    }
-
-
 def _fmt_s(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
 
@@ -421,7 +396,7 @@ def train_cnn(config: Config, model: str, data: loop.Data, key, ckpt_dir: Path) 
             ckpt_dir / f"{model}_seed{s}", every=config.checkpoint_every, at_epoch_end=True
         )
         if not ckpt.exists() and timing is None:
-            timing = time_steps(task, tcfg, data, hp, m_key)
+            timing = loop.time_steps(task, tcfg, data, hp, m_key)._asdict()
             if not config.quiet:
                 print(
                     f"  {model}: {timing['step_s']:.2f} s/step × {timing['steps_per_epoch']} "

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -82,6 +83,7 @@ __all__ = [
     "EarlyStop",
     "Hyper",
     "LoopState",
+    "StepTiming",
     "Task",
     "TrainConfig",
     "TrainResult",
@@ -108,6 +110,7 @@ __all__ = [
     "penalty_grads",
     "pick_strategy",
     "split_keys",
+    "time_steps",
     "train",
     "train_python",
 ]
@@ -1039,6 +1042,43 @@ def init_loop_state(task: Task, cfg: TrainConfig, data: Data, hp: Hyper, key) ->
     """
     data = as_data(data)
     return _python_loop(task, cfg, data_spec(data)).init(hp.as_arrays(), key)
+
+
+class StepTiming(NamedTuple):
+    """What :func:`time_steps` measured: compile and step seconds, and the projected epoch."""
+
+    compile_s: float  # the first step (compiling it included)
+    step_s: float  # mean of the timed steps after it
+    epoch_s: float  # steps_per_epoch × step_s plus the epoch's evaluation (estimated)
+    steps_per_epoch: int
+
+
+def time_steps(task: Task, cfg: TrainConfig, data: Data, hp: Hyper, key, n: int = 3) -> StepTiming:
+    """Times the Python loop's jitted training step (what :func:`train_python` runs) to project
+    an epoch before a long run starts: one step to compile, then ``n`` timed steps from the
+    same state and batch.
+
+    The epoch's evaluation is estimated, not timed: a forward pass over the evaluated sets at
+    about a third of a training step's cost per image (``n_eval · step_s / (3 · batch)``).
+    Trains nothing that is kept.
+    """
+    if int(n) < 1:
+        raise ValueError(f"time_steps needs n >= 1 timed steps, got {n}")
+    data = as_data(data)
+    pl = _python_loop(task, cfg, data_spec(data))
+    hp = hp.as_arrays()
+    ls = pl.init(hp, key)
+    batches = pl.batches(key, ls.epoch)
+    t0 = time.perf_counter()
+    ls = jax.block_until_ready(pl.step(ls, data.x_train, data.y_train, batches, hp, key))
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(int(n)):
+        ls = jax.block_until_ready(pl.step(ls, data.x_train, data.y_train, batches, hp, key))
+    step_s = (time.perf_counter() - t0) / int(n)
+    n_eval = sum(int(x.shape[0]) for _, x, _ in _eval_sets(cfg, data))
+    epoch_s = pl.steps_per_epoch * step_s + n_eval * step_s / (3 * cfg.batch_size)
+    return StepTiming(compile_s, step_s, epoch_s, pl.steps_per_epoch)
 
 
 def train_python(

@@ -4,6 +4,7 @@ stopping, divergence, batch-norm state, dropout keys, bad input."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import chex
 import jax
@@ -433,3 +434,18 @@ def test_evaluate_is_bit_identical_whatever_the_vmapped_batch():
     whole = members(params, x, y)
     half = members(jax.tree.map(lambda a: a[:8], params), x[:8], y[:8])
     np.testing.assert_array_equal(np.asarray(whole[:8]), np.asarray(half))
+
+
+def test_time_steps_projects_an_epoch_from_timed_steps():
+    """32 training rows at batch 10: 4 steps per epoch (the last one padded), 8 validation rows
+    evaluated; the timings fit inside a stopwatch around the call; n < 1 is refused."""
+    cfg = loop.TrainConfig(epochs=1, batch_size=10, eval_train=False)
+    t0 = time.perf_counter()
+    timing = loop.time_steps(LINEAR, cfg, DATA, loop.Hyper(), jax.random.key(0), n=2)
+    wall = time.perf_counter() - t0
+    assert timing.steps_per_epoch == 4
+    assert 0 < timing.compile_s + 2 * timing.step_s <= wall
+    # 4 steps plus 8 evaluated images at a third of a 10-image step each.
+    np.testing.assert_allclose(timing.epoch_s, timing.step_s * (4 + 8 / 30), rtol=1e-12)
+    with pytest.raises(ValueError, match="n >= 1"):
+        loop.time_steps(LINEAR, cfg, DATA, loop.Hyper(), jax.random.key(0), n=0)
