@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shutil
 import sys
 import time
 from typing import Literal, NamedTuple
@@ -57,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mljax import results
 from mljax.config import CommonConfig
 from mljax.data import images
 from mljax.data.images import DatasetNotFoundError
@@ -186,6 +188,9 @@ class Config(CommonConfig):
 
     iteration_scale: float = 1.0
     """Multiplies every iteration count (quick mode: 0.01 on its 1,000 images)."""
+
+    fresh: bool = False
+    """Recompute every sweep: delete the finished sweeps kept in --out/stages/ (by default a rerun with the same settings and --out reuses them, so a stopped full run resumes at the sweep it was in)."""
 
     def validate(self) -> None:
         super().validate()
@@ -583,6 +588,39 @@ def grad_agreement(a: Run, b: Run, split: Split | None = None, key=None) -> dict
     }
 
 
+def stage_fingerprint(cfg: Config, quick: bool, grid: Grids, split: Split, name: str) -> dict:
+    """Everything a sweep's result depends on: equal fingerprints, reusable stage."""
+    return {
+        "sweep": name, "seed": cfg.seed, "sweep_seeds": cfg.sweep_seeds, "grad": cfg.grad,
+        "n_train": int(split.data.x_train.shape[0]), "n_val": int(split.data.x_val.shape[0]),
+        "n_test": int(split.x_test.shape[0]), "source": split.source,
+        "iteration_scale": cfg.iteration_scale, "chunk_size": cfg.chunk_size, "quick": quick,
+        "grid": grid._asdict(), "version": 1,
+    }  # fmt: skip
+
+
+def run_sweep(name: str, split: Split, cfg: Config, grid: Grids, key, quick: bool):
+    """One of the sweeps: ``(rows by metrics key, extra metrics, arrays to keep)``."""
+    if name == "iterations":
+        out, _ = sweep_iterations(split, cfg, grid, key)
+        return out, {}, {}
+    if name == "hidden":
+        more = {} if quick else {"hidden_layouts": time_hidden_layouts(split, cfg, grid, key)}
+        return {"hidden": sweep_hidden(split, cfg, grid, key)}, more, {}
+    if name == "pca":
+        spectrum, model = pca_spectrum(split.data.x_train)
+        rows = sweep_pca(split, cfg, grid, key, model)
+        k95 = int(np.searchsorted(spectrum, 0.95) + 1)
+        more = {"pca_spectrum": {
+            "components_for_95": k95,
+            "variance_at_250": float(spectrum[min(PCA_COMPONENTS, spectrum.size) - 1]),
+        }}  # fmt: skip
+        return {"pca": rows}, more, {"spectrum": np.asarray(spectrum)}
+    sweep_fn = {"batch": sweep_batch, "reg": sweep_reg, "keep_prob": sweep_keep,
+                "depth": sweep_depth}[name]  # fmt: skip
+    return {name: sweep_fn(split, cfg, grid, key)}, {}, {}
+
+
 def run(config: Config, run_dir) -> dict:
     cfg = config.effective()
     grid = grids(config.quick)
@@ -625,34 +663,30 @@ def run(config: Config, run_dir) -> dict:
     # Cheapest and most asked-for first; batch (five programs per width) last.
     todo = [s for s in ("iterations", "reg", "keep_prob", "hidden", "pca", "depth", "batch")
             if s in cfg.sweeps or (s == "iterations" and "learning_rate" in cfg.sweeps)]  # fmt: skip
+    stage_dir, reused = run_dir.path / "stages", []
+    if config.fresh and run_dir.writes:
+        shutil.rmtree(stage_dir, ignore_errors=True)
     for name in progress(todo, desc="sweeps", quiet=cfg.quiet):
-        t0 = time.perf_counter()
-        if name == "iterations":
-            out, _ = sweep_iterations(split, cfg, grid, key)
-            for k in ("iterations", "learning_rate"):
-                if k in cfg.sweeps:
-                    sweeps[k] = out[k]
-        elif name == "hidden":
-            sweeps["hidden"] = sweep_hidden(split, cfg, grid, key)
-            if not config.quick:
-                extra["hidden_layouts"] = time_hidden_layouts(split, cfg, grid, key)
-        elif name == "batch":
-            sweeps["batch"] = sweep_batch(split, cfg, grid, key)
-        elif name == "reg":
-            sweeps["reg"] = sweep_reg(split, cfg, grid, key)
-        elif name == "keep_prob":
-            sweeps["keep_prob"] = sweep_keep(split, cfg, grid, key)
-        elif name == "pca":
-            spectrum, model = pca_spectrum(split.data.x_train)
-            sweeps["pca"] = sweep_pca(split, cfg, grid, key, model)
-            k95 = int(np.searchsorted(spectrum, 0.95) + 1)
-            extra["pca_spectrum"] = {
-                "components_for_95": k95,
-                "variance_at_250": float(spectrum[min(PCA_COMPONENTS, spectrum.size) - 1]),
-            }
-        elif name == "depth":
-            sweeps["depth"] = sweep_depth(split, cfg, grid, key)
-        timing[f"{name}_s"] = time.perf_counter() - t0
+        fp = stage_fingerprint(cfg, config.quick, grid, split, name)
+        kept = results.load_stage(stage_dir, name, fp)
+        if kept is None:
+            t0 = time.perf_counter()
+            out, more, arrays = run_sweep(name, split, cfg, grid, key, config.quick)
+            seconds = time.perf_counter() - t0
+            if run_dir.writes:
+                results.save_stage(stage_dir, name, fp, arrays,
+                                   {"out": out, "extra": more, "seconds": seconds})  # fmt: skip
+        else:  # finished by an earlier run with the same settings
+            arrays, info = kept
+            out, more, seconds = info["out"], info["extra"], info["seconds"]
+            reused.append(name)
+        for k, rows in out.items():
+            if k in cfg.sweeps:
+                sweeps[k] = rows
+        extra.update(more)
+        if "spectrum" in arrays:
+            spectrum = np.asarray(arrays["spectrum"])
+        timing[f"{name}_s"] = seconds
         # What has finished so far, for a long run stopped before its end.
         partial = {**metrics, "sweeps": sweeps, **extra, "timing_s": timing}
         run_dir.write_text("partial_metrics.json", json.dumps(to_jsonable(partial), indent=1))
@@ -665,7 +699,8 @@ def run(config: Config, run_dir) -> dict:
         "n_test": int(split.x_test.shape[0]), "test_batch_size": split.n_test_available,
         "source": split.source, "seeds": cfg.seeds, "sweep_seeds": cfg.sweep_seeds,
         "grad": cfg.grad, "iteration_scale": cfg.iteration_scale, "quick": config.quick,
-        "sweeps_run": list(cfg.sweeps), "timing_s": timing, "devices": jax.device_count(),
+        "sweeps_run": list(cfg.sweeps), "sweeps_reused": reused, "timing_s": timing,
+        "devices": jax.device_count(),
     }  # fmt: skip
     return metrics
 
@@ -987,6 +1022,9 @@ def report_notes(metrics) -> str:
         "Differences of protocol: batches are drawn without replacement (one shuffle per epoch, "
         "the seed drew with replacement), so runs are whole epochs (`steps` columns); the "
         "loss curve is the data term only (the penalty adds λ‖W‖²).",
+        *([f"Reused from an earlier run with the same settings in this folder (`stages/`; "
+           f"`--fresh` recomputes): the {', '.join(meta['sweeps_reused'])} sweep(s)."]
+          if meta.get("sweeps_reused") else []),
         "",
         *_notes_checked(metrics),
         "",

@@ -3,6 +3,7 @@ closed forms in float64), a sweep member equal to its single run, the missing-da
 seed's split on the real files, and one quick run on small CIFAR-format files written here."""
 
 import dataclasses
+import json
 import pickle
 
 import chex
@@ -17,6 +18,7 @@ from experiments import twolayer as e3
 from mljax.data import images
 from mljax.experiment import cli_main, execute
 from mljax.nn import models
+from mljax.results import to_jsonable
 from mljax.train import loop, tasks
 
 
@@ -223,3 +225,29 @@ def test_the_seeds_split_of_the_real_files():
     if s.n_test_available == 1000:  # ../shared/data: the first 1,000 test images
         counts = np.bincount(np.asarray(s.y_test), minlength=10)
         assert counts.tolist() == [103, 89, 100, 103, 90, 86, 112, 102, 106, 109]
+
+
+@pytest.mark.slow
+def test_a_rerun_reuses_the_finished_sweeps(quick_run, monkeypatch):
+    """The same settings and --out again: every sweep comes from stages/ (the sweep functions
+    are not called), with the same rows; --fresh recomputes them."""
+    metrics, run_dir = quick_run
+    cfg = e3.Config(quick=True, quiet=True, data_dir=str(run_dir.path.parent / "cifar10"),
+                    out=str(run_dir.path), n_train=250, n_val=50)  # fmt: skip
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a finished sweep ran again")
+
+    with monkeypatch.context() as m:
+        m.setattr(e3, "run_sweep", not_again)
+        again, _ = execute(e3, cfg)
+    assert again["sweeps"] == json.loads(json.dumps(to_jsonable(metrics["sweeps"])))
+    assert sorted(again["_meta"]["sweeps_reused"]) == sorted(
+        ["iterations", "reg", "keep_prob", "hidden", "pca", "depth", "batch"]
+    )
+    assert "Reused from an earlier run" in (run_dir.path / "report.md").read_text()
+    calls = []
+    real = e3.run_sweep
+    monkeypatch.setattr(e3, "run_sweep", lambda name, *a: calls.append(name) or real(name, *a))
+    fresh, _ = execute(e3, dataclasses.replace(cfg, fresh=True, sweeps=("reg",)))
+    assert calls == ["reg"] and fresh["_meta"]["sweeps_reused"] == []
