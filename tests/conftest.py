@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,14 @@ _SHARED_DATA = os.path.join(
 )
 if os.path.isdir(_SHARED_DATA):
     os.environ.setdefault("MLJAX_DATA_DIR", _SHARED_DATA)
+
+# Ctrl-C tests (the run guard, the cluster watchdog) need Python's SIGINT handler. A shell
+# that starts pytest in the background (`pytest ... &`, nohup in a script) leaves SIGINT
+# ignored, as POSIX asks, and Python then installs no handler: those tests would fail and
+# the watchdog would end the worker. The xdist workers and the processes tests start inherit
+# the restored handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The suite opts in to the allocator settings the command-line entry points use (import mljax
 # does not change them): XLA:CPU's per-call buffers stop page-faulting.
