@@ -32,7 +32,6 @@ import jax.numpy as jnp
 
 from benchmarks import train as bench_train
 from benchmarks._cli import parse_or_none, write_rows
-from mljax.data.batches import epoch_batches
 from mljax.experiment import markdown_table
 from mljax.malloc_tuning import tune_for_command_line
 from mljax.train import loop, sweep
@@ -84,17 +83,14 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
-def batch_orders(key, n: int, epochs: int, batch: int):
-    """``[epochs, steps, batch]`` row indices of every epoch, as the engine draws them."""
+def batch_orders(key, cfg: loop.TrainConfig, n: int):
+    """``[epochs, steps, batch]`` row indices of every epoch of the run of ``key``, as the
+    engine draws them (:func:`mljax.train.loop.epoch_order`)."""
     _, k_data, _ = loop.split_keys(key)
-    return jax.vmap(
-        lambda e: (
-            epoch_batches(jax.random.fold_in(k_data, e), n, batch, drop_remainder=True).indices
-        )
-    )(jnp.arange(epochs))
+    return jax.vmap(lambda e: loop.epoch_order(cfg, k_data, e, n).indices)(jnp.arange(cfg.epochs))
 
 
-def plain_train_fn(task, data: loop.Data, epochs: int, batch: int):
+def plain_train_fn(task, data: loop.Data, cfg: loop.TrainConfig):
     """Plain SGD with the penalty gradient ``l2 · W`` on kernels, from the engine's initial
     parameters and batch orders: ``(key, lr, l2[, orders]) -> params`` (vmap it); ``orders``
     (:func:`batch_orders`) drawn beforehand, or drawn inside as the engine does."""
@@ -108,7 +104,7 @@ def plain_train_fn(task, data: loop.Data, epochs: int, batch: int):
         k_init, _, _ = loop.split_keys(key)
         params, _ = task.init(k_init)
         if order is None:
-            order = batch_orders(key, n, epochs, batch)
+            order = batch_orders(key, cfg, n)
 
         def step(p, idx):
             g = jax.grad(loss_fn)(p, data.x_train[idx], data.y_train[idx])
@@ -116,7 +112,7 @@ def plain_train_fn(task, data: loop.Data, epochs: int, batch: int):
                  for k, v in g.items()}  # fmt: skip
             return jax.tree.map(lambda pi, gi: pi - lr * gi, p, g), None
 
-        params, _ = jax.lax.scan(step, params, order.reshape(-1, batch))
+        params, _ = jax.lax.scan(step, params, order.reshape(-1, cfg.batch_size))
         return params
 
     return train
@@ -139,9 +135,9 @@ def run(config: Config) -> list[dict]:
         jnp.asarray([m.seed for m in members], jnp.uint32)
     )
     train_fn = jax.jit(jax.vmap(loop.make_train(task, no_check), in_axes=(None, 0, 0)))
-    plain = jax.jit(jax.vmap(plain_train_fn(task, data, cfg.epochs, cfg.batch_size)))
+    plain = jax.jit(jax.vmap(plain_train_fn(task, data, cfg)))
     n = int(data.x_train.shape[0])
-    orders = jax.jit(jax.vmap(lambda k: batch_orders(k, n, cfg.epochs, cfg.batch_size)))(keys)
+    orders = jax.jit(jax.vmap(lambda k: batch_orders(k, cfg, n)))(keys)
 
     def via_sweep(c):
         return lambda: sweep.sweep(task, c, data, members, key=root, devices=None).params

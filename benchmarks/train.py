@@ -365,7 +365,7 @@ def torch_playground_setup(layers, task, data, cfg, member, root):
     params0, _ = jax.jit(task.init)(k_init)
     n = int(data.x_train.shape[0])
     order = jax.jit(
-        jax.vmap(lambda e: epoch_batches(jax.random.fold_in(k_data, e), n, 10, drop_remainder=True).indices)
+        jax.vmap(lambda e: loop.epoch_order(cfg, k_data, e, n).indices)
     )(jnp.arange(cfg.epochs))  # fmt: skip
     return jax.device_get(params0), np.asarray(order)
 

@@ -96,6 +96,7 @@ __all__ = [
     "check_task_hyper",
     "data_spec",
     "default_decay_mask",
+    "epoch_order",
     "evaluate",
     "fixed_order_sum",
     "get_grad_fn",
@@ -537,6 +538,15 @@ def make_step(task: Task, cfg: TrainConfig, steps_per_epoch: int):
     return tx, step
 
 
+def epoch_order(cfg: TrainConfig, data_key, epoch, n: int):
+    """The mini-batches of ``epoch`` (row indices and padding mask, :func:`epoch_batches`) for
+    a run whose data key is ``data_key`` (the second of :func:`split_keys`): the one place
+    the training loops and anyone replaying a run's batches draw them."""
+    return epoch_batches(
+        jax.random.fold_in(data_key, epoch), n, cfg.batch_size, drop_remainder=cfg.drop_remainder
+    )
+
+
 def init_state(task: Task, tx, key, hp: Hyper) -> TrainState:
     """Initial TrainState for the init key (no data needed)."""
     params, model_state = task.init(key)
@@ -893,12 +903,7 @@ def make_train(task: Task, cfg: TrainConfig) -> Callable[[Data, Hyper, jax.Array
 
         def epoch_body(carry):
             ts, es, hist, epoch, _ = carry
-            batches = epoch_batches(
-                jax.random.fold_in(k_data, epoch),
-                n,
-                cfg.batch_size,
-                drop_remainder=cfg.drop_remainder,
-            )
+            batches = epoch_order(cfg, k_data, epoch, n)
 
             def batch_body(ts, b):
                 idx, mask = b
@@ -975,9 +980,7 @@ def _python_loop(task: Task, cfg: TrainConfig, spec: Data) -> _PythonLoop:
 
     def batches_fn(key, epoch):
         _, k_data, _ = split_keys(key)
-        return epoch_batches(
-            jax.random.fold_in(k_data, epoch), n, cfg.batch_size, drop_remainder=cfg.drop_remainder
-        )
+        return epoch_order(cfg, k_data, epoch, n)
 
     def step_fn(ls: LoopState, x, y, batches, hp, key):
         # The batch is picked inside the jit by the carried counter ls.batch: slicing the

@@ -42,7 +42,7 @@ def test_plain_training_is_sgd_with_a_kernel_penalty():
     member = members[5]  # lr and l2 both non-zero
     assert float(member.hyper.l2) > 0
     key = jax.random.fold_in(jax.random.key(0), member.seed)
-    plain = jax.jit(bench.plain_train_fn(task, data, cfg.epochs, cfg.batch_size))
+    plain = jax.jit(bench.plain_train_fn(task, data, cfg))
     ours = loop.train(task, dataclasses.replace(cfg, eval_train=False, monitor="train_batch_loss"),
                       data, member.hyper, key=key)  # fmt: skip
     got = plain(key, member.hyper.learning_rate, member.hyper.l2)
