@@ -206,6 +206,10 @@ def test_quick_run_writes_the_issues_metrics_and_figures(quick_run):
     assert metrics["_meta"]["n_test"] == 40 and metrics["_meta"]["test_batch_size"] == 40
     # the bands of the class-coded images are learnable: the best net beats chance
     assert metrics["best"]["test_acc_mean"] > 0.3
+    cl = metrics["best"]["course_code_loop"]
+    # the course code's loop (batches with replacement, 4,000 × 0.01 iterations) learns too
+    assert cl["steps"] == 40 and len(cl["test_acc_per_seed"]) == metrics["_meta"]["seeds"]
+    assert cl["test_acc_mean"] > 0.3
     ag = metrics["best"]["agreement"]
     # manual rules and jax.grad from the same keys: the same run, bit for bit
     assert ag["max_rel_param_diff"] == 0 and ag["test_acc_diff"] == 0
@@ -213,7 +217,7 @@ def test_quick_run_writes_the_issues_metrics_and_figures(quick_run):
         assert (run_dir.path / png).is_file()
     report = (run_dir.path / "report.md").read_text()
     assert "Table 5" in report and "50.9" in report and "Quick mode" in report
-    assert "identical, bit for bit" in report
+    assert "identical, bit for bit" in report and "The course code's loop, literally" in report
 
 
 @pytest.mark.realdata("cifar10")
