@@ -696,7 +696,7 @@ def run(config: Config, run_dir) -> dict:
     seed_loop = None
     if not cfg.skip_course_code_loop and len(BEST.hidden) == 1:
         t0 = time.perf_counter()
-        iters = max(int(round(BEST.iterations * cfg.iteration_scale)), 1)
+        iters = max(round(BEST.iterations * cfg.iteration_scale), 1)
         sv, st = course_code_loop(split, BEST, cfg.seeds, key, iterations=iters)
         timing["best_course_code_loop_s"] = time.perf_counter() - t0
         seed_loop = {
