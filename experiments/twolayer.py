@@ -377,15 +377,13 @@ def run_program(task, setting: Setting, grid: dict, seeds: int, split: Split, cf
                time.perf_counter() - start)  # fmt: skip
 
 
-def course_code_loop(split: Split, setting: Setting, seeds: int, key, *, iterations: int):
-    """The course code's ``TwoLayerNet.train``, literally, for one hidden layer: each
-    iteration draws ``batch`` indices with replacement, takes a plain SGD step on mean
+def course_code_train(x, y, setting: Setting, key, *, iterations: int) -> dict:
+    """The course code's ``TwoLayerNet.train``, literally, for one hidden layer and one seed:
+    each iteration draws ``batch`` indices with replacement, takes a plain SGD step on mean
     cross-entropy + λ(‖W1‖² + ‖W2‖²) (jax.grad), and multiplies the rate by 0.95 whenever
     ``it % (N / batch) == 0`` (iteration 0 included, as there). Weights ``1e-4 · N(0, 1)``,
-    biases zero. ``seeds`` runs as one vmapped scan; returns (validation, test) accuracy of the
-    final parameters, ``[seeds]`` each."""
+    biases zero. Returns the final ``{"W1", "b1", "W2", "b2"}``."""
     (hidden,) = setting.hidden
-    x, y = split.data.x_train, split.data.y_train
     n, d = x.shape
     per_epoch = max(n / setting.batch, 1)
 
@@ -394,31 +392,41 @@ def course_code_loop(split: Split, setting: Setting, seeds: int, key, *, iterati
         ce = jax.nn.logsumexp(z, -1) - jnp.take_along_axis(z, yb[:, None], -1)[:, 0]
         return jnp.mean(ce) + setting.reg * (jnp.sum(p["W1"] ** 2) + jnp.sum(p["W2"] ** 2))
 
+    k1, k2, k3 = jax.random.split(key, 3)
+    p = {"W1": INIT_STD * jax.random.normal(k1, (d, hidden), x.dtype),
+         "b1": jnp.zeros(hidden, x.dtype),
+         "W2": INIT_STD * jax.random.normal(k2, (hidden, N_CLASSES), x.dtype),
+         "b2": jnp.zeros(N_CLASSES, x.dtype)}  # fmt: skip
+
+    def step(carry, it):
+        p, lr = carry
+        idx = jax.random.randint(jax.random.fold_in(k3, it), (setting.batch,), 0, n)
+        g = jax.grad(loss)(p, x[idx], y[idx])
+        p = jax.tree.map(lambda w, gw: w - lr * gw, p, g)
+        lr = jnp.where(jnp.mod(it, per_epoch) == 0, lr * LR_DECAY, lr)
+        return (p, lr), None
+
+    (p, _), _ = jax.lax.scan(step, (p, jnp.asarray(setting.lr, x.dtype)), jnp.arange(iterations))
+    return p
+
+
+def course_code_loop(split: Split, setting: Setting, seeds: int, key, *, iterations: int):
+    """:func:`course_code_train` for ``seeds`` seeds as one vmapped program; returns the
+    (validation, test) accuracy of the final parameters, ``[seeds]`` each."""
+
     def accuracy(p, xs, ys):
         z = jax.nn.relu(xs @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
         return jnp.mean(jnp.argmax(z, -1) == ys)
 
-    def train(k):
-        k1, k2, k3 = jax.random.split(k, 3)
-        p = {"W1": INIT_STD * jax.random.normal(k1, (d, hidden)), "b1": jnp.zeros(hidden),
-             "W2": INIT_STD * jax.random.normal(k2, (hidden, N_CLASSES)),
-             "b2": jnp.zeros(N_CLASSES)}  # fmt: skip
-
-        def step(carry, it):
-            p, lr = carry
-            idx = jax.random.randint(jax.random.fold_in(k3, it), (setting.batch,), 0, n)
-            g = jax.grad(loss)(p, x[idx], y[idx])
-            p = jax.tree.map(lambda w, gw: w - lr * gw, p, g)
-            lr = jnp.where(jnp.mod(it, per_epoch) == 0, lr * LR_DECAY, lr)
-            return (p, lr), None
-
-        (p, _), _ = jax.lax.scan(step, (p, jnp.float32(setting.lr)), jnp.arange(iterations))
+    def one(k):
+        p = course_code_train(split.data.x_train, split.data.y_train, setting, k,
+                              iterations=iterations)  # fmt: skip
         return accuracy(p, split.data.x_val, split.data.y_val), accuracy(
             p, split.x_test, split.y_test
         )
 
     keys = jax.random.split(jax.random.fold_in(key, 0xC0DE), seeds)
-    val, test = jax.jit(jax.vmap(train))(keys)
+    val, test = jax.jit(jax.vmap(one))(keys)
     return np.asarray(val, np.float64), np.asarray(test, np.float64)
 
 

@@ -79,6 +79,54 @@ def test_manual_rules_and_jax_grad_match_the_seeds_gradients_in_float64(x64):
     chex.assert_trees_all_close(auto, ref, rtol=1e-8, atol=1e-12)
 
 
+def _numpy_course_code_train(x, y, p, batches, lr, reg, decay_every):
+    """The course code's loop in numpy with its hand-derived gradients (dJ/dz = (softmax −
+    onehot)/N, 2λW), fed the same batches and initial weights."""
+    p = {k: np.array(v, np.float64) for k, v in p.items()}
+    for it, idx in enumerate(batches):
+        xb, yb = x[idx], y[idx]
+        h = np.maximum(xb @ p["W1"] + p["b1"], 0)
+        z = h @ p["W2"] + p["b2"]
+        e = np.exp(z - z.max(1, keepdims=True))
+        dz = e / e.sum(1, keepdims=True)
+        dz[np.arange(len(idx)), yb] -= 1
+        dz /= len(idx)
+        dh = (dz @ p["W2"].T) * (h > 0)
+        g = {"W2": h.T @ dz + 2 * reg * p["W2"], "b2": dz.sum(0),
+             "W1": xb.T @ dh + 2 * reg * p["W1"], "b1": dh.sum(0)}  # fmt: skip
+        p = {k: p[k] - lr * g[k] for k in p}
+        if it % decay_every == 0:
+            lr *= e3.LR_DECAY
+    return p
+
+
+def test_course_code_loop_is_the_seeds_train_loop(x64):
+    """course_code_train against a numpy transcription of TwoLayerNet.train: batches drawn
+    with replacement from the same keys, the rate decayed at it % (N / batch) == 0 (so at
+    iterations 0, 3, 6 for N / batch = 3), the same final weights in float64."""
+    rng = np.random.default_rng(0)
+    n, d, batch, iters = 30, 7, 10, 8
+    x, y = rng.normal(size=(n, d)) * 50, rng.integers(0, 10, n)
+    setting = e3.Setting((6,), batch, iters, 0.5, 0.25, 1.0)
+    key = jax.random.key(4)
+    got = e3.course_code_train(jnp.asarray(x), jnp.asarray(y), setting, key, iterations=iters)
+    k1, k2, k3 = jax.random.split(key, 3)
+    init = {
+        "W1": e3.INIT_STD * jax.random.normal(k1, (d, 6), jnp.float64),
+        "b1": np.zeros(6),
+        "W2": e3.INIT_STD * jax.random.normal(k2, (6, 10), jnp.float64),
+        "b2": np.zeros(10),
+    }
+    batches = [np.asarray(jax.random.randint(jax.random.fold_in(k3, it), (batch,), 0, n))
+               for it in range(iters)]  # fmt: skip
+    assert any(len(set(b.tolist())) < batch for b in batches)  # drawn with replacement
+    want = _numpy_course_code_train(x, y, init, batches, 0.5, 0.25, n // batch)
+    chex.assert_trees_all_close(dict(got), want, rtol=1e-10, atol=1e-14)
+    # One decay fewer (as if iteration 0 did not count) gives other weights: the test sees it.
+    other = _numpy_course_code_train(x, y, init, batches, 0.5, 0.25, 4)
+    assert not np.allclose(other["W1"], want["W1"], rtol=1e-6)
+
+
 def test_iterations_become_whole_epochs():
     assert e3.steps_per_epoch(49_000, 200) == 245
     assert e3.epochs_for(1000, 49_000, 200) == 4  # 980 steps
