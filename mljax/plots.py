@@ -36,12 +36,18 @@ def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, *, dpi: 
 
 
 def curve_with_band(ax, x, values, *, label=None, color=None, alpha=0.25):
-    """Plots the mean over axis 0 of ``values [runs, steps]`` with a ±1 std band."""
+    """Plots the mean over axis 0 of ``values [runs, steps]`` with a ±1 std band.
+
+    NaN entries (runs that stopped early, padded) are left out of each step's mean and std; a
+    step with no finite value leaves a gap, without numpy's empty-slice warnings."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 1:
         values = values[None]
-    mean = np.nanmean(values, axis=0)
-    std = np.nanstd(values, axis=0)
+    seen = np.isfinite(values).any(axis=0)
+    mean = np.full(values.shape[1], np.nan)
+    std = np.full(values.shape[1], np.nan)
+    mean[seen] = np.nanmean(values[:, seen], axis=0)
+    std[seen] = np.nanstd(values[:, seen], axis=0)
     (line,) = ax.plot(x, mean, label=label, color=color)
     ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=alpha, linewidth=0)
     return line

@@ -138,6 +138,24 @@ def test_save_figure_writes_png(tmp_path):
         save_figure(plt.figure(), tmp_path / "f.jpg")
 
 
+def test_curve_band_skips_steps_no_run_reached_without_warnings():
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from mljax.plots import curve_with_band
+
+    runs = np.array([[1.0, 2.0, np.nan, np.nan], [3.0, np.nan, np.nan, np.nan]])
+    fig, ax = plt.subplots()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" would raise here
+        line = curve_with_band(ax, np.arange(4), runs)
+    np.testing.assert_array_equal(line.get_ydata(), [2.0, 2.0, np.nan, np.nan])
+    band = ax.collections[0].get_paths()[0].vertices
+    assert np.isclose(band[:, 1].max(), 3.0) and np.isclose(band[:, 1].min(), 1.0)
+    plt.close(fig)
+
+
 def test_results_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     import stat
 
