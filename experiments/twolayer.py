@@ -42,8 +42,9 @@ The baseline is the course code's defaults (hidden 50, batch 200, lr 1e-4, 1,000
 iterations, λ = 0.25, no dropout, no PCA), both over ``--seeds`` seeds; the best one is also
 trained with the other gradient source to show the two agree, and once more by the course
 code's own loop, literally (batches drawn with replacement, exactly 4,000 iterations), as a
-reference for our epoch loop (``--skip-course-code-loop`` leaves it out). Validation accuracies are those
-at the end of the run (as the seed's), means ± std (population) over seeds.
+reference for our epoch loop (``--skip-course-code-loop`` leaves it out). Validation
+accuracies are those at the end of the run (as the seed's), means ± std (population) over
+seeds.
 """
 
 from __future__ import annotations
