@@ -378,6 +378,11 @@ def run_program(task, setting: Setting, grid: dict, seeds: int, split: Split, cf
                time.perf_counter() - start)  # fmt: skip
 
 
+def _course_code_logits(p: dict, x):
+    """The course code's two-layer forward pass: ``relu(x W1 + b1) W2 + b2``."""
+    return jax.nn.relu(x @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
+
+
 def course_code_train(x, y, setting: Setting, key, *, iterations: int) -> dict:
     """The course code's ``TwoLayerNet.train``, literally, for one hidden layer and one seed:
     each iteration draws ``batch`` indices with replacement, takes a plain SGD step on mean
@@ -389,7 +394,7 @@ def course_code_train(x, y, setting: Setting, key, *, iterations: int) -> dict:
     per_epoch = max(n / setting.batch, 1)
 
     def loss(p, xb, yb):
-        z = jax.nn.relu(xb @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
+        z = _course_code_logits(p, xb)
         ce = jax.nn.logsumexp(z, -1) - jnp.take_along_axis(z, yb[:, None], -1)[:, 0]
         return jnp.mean(ce) + setting.reg * (jnp.sum(p["W1"] ** 2) + jnp.sum(p["W2"] ** 2))
 
@@ -416,8 +421,7 @@ def course_code_loop(split: Split, setting: Setting, seeds: int, key, *, iterati
     (validation, test) accuracy of the final parameters, ``[seeds]`` each."""
 
     def accuracy(p, xs, ys):
-        z = jax.nn.relu(xs @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
-        return jnp.mean(jnp.argmax(z, -1) == ys)
+        return jnp.mean(jnp.argmax(_course_code_logits(p, xs), -1) == ys)
 
     def one(k):
         p = course_code_train(split.data.x_train, split.data.y_train, setting, k,
@@ -703,14 +707,15 @@ def run(config: Config, run_dir) -> dict:
     best_other = run_program(best_task, BEST, None, cfg.seeds, split, cfg, key, grad=other)
     timing[f"best_{other}_s"] = time.perf_counter() - t0
     seed_loop = None
-    if not cfg.skip_course_code_loop and len(BEST.hidden) == 1:
+    if not cfg.skip_course_code_loop:
         t0 = time.perf_counter()
         iters = max(round(BEST.iterations * cfg.iteration_scale), 1)
         sv, st = course_code_loop(split, BEST, cfg.seeds, key, iterations=iters)
         timing["best_course_code_loop_s"] = time.perf_counter() - t0
+        (t_mean, t_std), (v_mean, v_std) = _stats(st), _stats(sv)
         seed_loop = {
-            "test_acc_mean": _stats(st)[0], "test_acc_std": _stats(st)[1],
-            "val_acc_mean": _stats(sv)[0], "val_acc_std": _stats(sv)[1],
+            "test_acc_mean": t_mean, "test_acc_std": t_std,
+            "val_acc_mean": v_mean, "val_acc_std": v_std,
             "test_acc_per_seed": [float(v) for v in st], "steps": iters,
         }  # fmt: skip
     b_mean, b_std = _stats(best.test_acc)
