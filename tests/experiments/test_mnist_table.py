@@ -78,6 +78,19 @@ def test_twin_difference_over_common_epochs():
     assert mt.twin_difference(STAGE, only)["max_abs_diff"] == pytest.approx(0.01)
 
 
+def test_cnn_options_reach_the_cnn_only():
+    cfg = mt.Config(lrs=(0.1, 0.01), epochs=100, patience=100, cnn_lrs=(0.1,), cnn_epochs=30,
+                    cnn_patience=10)  # fmt: skip
+    assert mt.model_settings(cfg, "c") == mt.ModelSettings((0.1, 0.01), 100, 100)
+    assert mt.model_settings(cfg, "d") == mt.ModelSettings((0.1,), 30, 10)
+    plain = mt.Config(patience=7)
+    assert mt.model_settings(plain, "d").patience == 7
+    assert mt.train_config(cfg, mt.model_settings(cfg, "d"), "manual").patience == 10
+    # Patience >= the epoch limit is the report's protocol: no early stopping.
+    assert mt._patience({"patience": 100, "max_epochs": 100}) == "none"
+    assert mt._patience({"patience": 10, "max_epochs": 100}) == "10"
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -93,8 +106,8 @@ def test_help_explains_every_option(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for opt in ("--dataset", "--data-dir", "--models", "--lrs", "--epochs", "--patience",
-                "--grad", "--seeds", "--twin-lrs", "--cnn-lrs", "--cnn-epochs", "--fresh",
-                "--quick"):  # fmt: skip
+                "--grad", "--seeds", "--twin-lrs", "--cnn-lrs", "--cnn-epochs",
+                "--cnn-patience", "--fresh", "--quick"):  # fmt: skip
         assert opt in text
     assert "fashion_mnist" in text and "autodiff" in text
 
@@ -107,6 +120,7 @@ def test_help_explains_every_option(capsys):
         ["--cnn-lrs", "-1"],
         ["--epochs", "0"],
         ["--patience", "0"],
+        ["--cnn-patience", "0"],
         ["--models", "a", "a"],
         ["--models", "e"],
         ["--grad", "numeric"],
