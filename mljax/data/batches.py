@@ -13,12 +13,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 __all__ = [
     "EpochBatches",
     "epoch_batches",
     "masked_mean",
     "num_batches",
+    "permutation",
+    "stable_argsort",
     "train_val_split",
 ]
 
@@ -66,7 +69,7 @@ def epoch_batches(
         :class:`EpochBatches`.
     """
     nb = num_batches(n, batch_size, drop_remainder=drop_remainder)
-    perm = jax.random.permutation(key, n).astype(jnp.int32)
+    perm = permutation(key, n)
     total = nb * batch_size
     if total <= n:
         idx = perm[:total]
@@ -76,6 +79,55 @@ def epoch_batches(
         idx = jnp.concatenate([perm, jnp.zeros((pad,), jnp.int32)])
         mask = jnp.concatenate([jnp.ones((n,), bool), jnp.zeros((pad,), bool)])
     return EpochBatches(idx.reshape(nb, batch_size), mask.reshape(nb, batch_size))
+
+
+def permutation(key: jax.Array, n: int) -> jax.Array:
+    """``jax.random.permutation(key, n)``, bit for bit, as int32, in a third of its time on CPU.
+
+    JAX shuffles ``arange(n)`` by a stable sort on random 32-bit keys (two rounds from
+    n = 1,626 on). XLA's CPU sort of keys with a value operand is about 5x slower than its
+    sort of the keys alone (1,024 permutations of 500: about 90 vs 16-19 ms), so each round here sorts
+    the keys alone, finds every key's rank by binary search and scatters the indices
+    (:func:`stable_argsort`). ``n`` is static.
+    """
+    n = int(n)
+    # jax.random's own number of rounds (tjablin@'s heuristic, exponent 3).
+    rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+    x = jnp.arange(n, dtype=jnp.int32)
+    for _ in range(rounds):
+        key, subkey = jax.random.split(key)
+        x = x[stable_argsort(jax.random.bits(subkey, (n,), jnp.uint32))]
+    return x
+
+
+def stable_argsort(keys: jax.Array) -> jax.Array:
+    """Stable ascending argsort of a 1-D unsigned-integer array (ties in index order): the
+    order of ``lax.sort_key_val(keys, arange(n))``, from a sort of ``keys`` alone.
+
+    Each key's rank is the number of smaller keys (a binary search in the sorted keys), plus,
+    for keys that occur more than once, the number of equal keys before it: a loop that hands
+    each group of equal keys its next slot, lowest index first, and runs once per extra
+    occurrence (not at all when the keys are distinct, as random 32-bit keys nearly always are).
+    """
+    n = keys.shape[0]
+    idx = jnp.arange(n, dtype=jnp.int32)
+    first = jnp.searchsorted(lax.sort(keys), keys, side="left").astype(jnp.int32)
+    group_size = jnp.zeros(n, jnp.int32).at[first].add(1)
+
+    def place_next(carry):
+        rank, pending, placed = carry
+        lowest = jnp.full(n, n, jnp.int32).at[first].min(jnp.where(pending, idx, n))
+        take = pending & (lowest[first] == idx)
+        rank = jnp.where(take, first + placed[first], rank)
+        placed = placed.at[first].add(take.astype(jnp.int32))
+        return rank, pending & ~take, placed
+
+    rank, _, _ = lax.while_loop(
+        lambda carry: jnp.any(carry[1]),
+        place_next,
+        (first, group_size[first] > 1, jnp.zeros(n, jnp.int32)),
+    )
+    return jnp.zeros(n, jnp.int32).at[rank].set(idx, unique_indices=True)
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
-from mljax.data.batches import epoch_batches, masked_mean, num_batches, train_val_split
+from mljax.data.batches import (
+    epoch_batches,
+    masked_mean,
+    num_batches,
+    permutation,
+    stable_argsort,
+    train_val_split,
+)
 
 
 @pytest.mark.parametrize("n,bs", [(10, 3), (12, 4), (7, 7), (1000, 128)])
@@ -32,6 +41,42 @@ def test_seeds_give_different_orders_and_vmap():
     orders = {tuple(np.asarray(o).ravel()) for o in bs}
     assert len(orders) == 4
     np.testing.assert_array_equal(bs[0], epoch_batches(keys[0], 50, 10).indices)
+
+
+# n = 1,626 is the first size that jax shuffles in two sort rounds.
+@pytest.mark.parametrize("n", [1, 2, 7, 500, 1625, 1626, 54_000])
+def test_permutation_is_jax_random_permutation_bit_for_bit(n):
+    for key in (*jax.random.split(jax.random.key(n), 3), jax.random.PRNGKey(n)):
+        want = jax.random.permutation(key, n)
+        chex.assert_trees_all_equal(permutation(key, n), want)
+    keys = jax.random.split(jax.random.key(1), 4)
+    chex.assert_trees_all_equal(
+        jax.jit(jax.vmap(lambda k: permutation(k, n)))(keys),
+        jax.vmap(lambda k: jax.random.permutation(k, n))(keys),
+    )
+
+
+def _sort_key_val_order(keys):
+    return lax.sort_key_val(keys, jnp.arange(keys.shape[-1], dtype=jnp.int32), -1)[1]
+
+
+@pytest.mark.parametrize("high", [1, 2, 5, 50, 2**32])
+@pytest.mark.parametrize("n", [1, 2, 10, 300])
+def test_stable_argsort_breaks_ties_by_index_as_sort_key_val(high, n):
+    # Few distinct values: groups of equal keys up to all n (high 1).
+    keys = jnp.asarray(np.random.default_rng(n).integers(0, high, n).astype(np.uint32))
+    want = _sort_key_val_order(keys)
+    chex.assert_trees_all_equal(stable_argsort(keys), want)
+    chex.assert_trees_all_equal(jax.jit(stable_argsort)(keys), want)
+
+
+def test_stable_argsort_vmapped_members_with_and_without_ties():
+    rng = np.random.default_rng(0)
+    keys = jnp.asarray(rng.integers(0, 4, (6, 50)).astype(np.uint32))
+    keys = keys.at[0].set(jnp.arange(50, dtype=jnp.uint32)[::-1])  # distinct, reversed
+    chex.assert_trees_all_equal(
+        jax.jit(jax.vmap(stable_argsort))(keys), jax.vmap(_sort_key_val_order)(keys)
+    )
 
 
 def test_masked_mean_matches_mean_of_real_examples():
