@@ -66,6 +66,8 @@ MODELS = {
 # Seed 004's test errors: Part 1 (TensorFlow), Part 2 (its numpy backprop; the CNN failed).
 SEED_PART1 = {"a": 0.0762, "b": 0.0214, "c": 0.0189, "d": 0.0140}
 SEED_PART1_HP = {"a": (0.1, 85), "b": (0.1, 83), "c": (0.1, 86), "d": (0.1, 53)}
+# The report's training error after epoch 6 of its chosen run (lr 0.1; its printed curves).
+SEED_TRAIN_ERROR_EPOCH6 = {"a": 0.09042, "b": 0.05573, "c": 0.00991, "d": 0.01991}
 SEED_PART2 = {"a": 0.0730, "b": 0.0615, "c": 0.0555, "d": None}
 SEED_PART2_HP = {"a": (0.001, 107), "b": (0.0001, 281), "c": (0.0001, 175), "d": None}
 # The errors to reach (issue #12): MNIST the seed's Part 1, Fashion-MNIST ours.
@@ -534,6 +536,11 @@ def run(config: Config, run_dir) -> dict:
     }
 
 
+def _mean_or_none(values) -> float | None:
+    v = np.asarray(values, np.float64)
+    return float(np.mean(v)) if v.size and np.all(np.isfinite(v)) else None
+
+
 def model_metrics(config, model, stages, choices, settings: ModelSettings) -> dict:
     primary = "autodiff" if "autodiff" in stages else "manual"
     st, ch = stages[primary], choices[primary]
@@ -549,6 +556,8 @@ def model_metrics(config, model, stages, choices, settings: ModelSettings) -> di
         "best_epoch_mean": float(np.mean(ch.best_epoch)),
         "best_epochs": ch.best_epoch.tolist(),
         "val_error_by_lr": {f"{k:g}": v for k, v in ch.val_by_lr.items()},
+        # nan where a run stopped before epoch 6: None (JSON has no NaN).
+        "train_error_epoch6_mean": _mean_or_none(st.history["train_error"][ch.members, 5:6]),
         "lrs": [float(v) for v in settings.lrs],
         "max_epochs": settings.epochs,
         "patience": settings.patience,
@@ -845,6 +854,21 @@ def report_notes(metrics: dict) -> str:
                 f"best epochs {', '.join(map(str, r['best_epochs']))} against the report's "
                 f"{seed_ep}"
             )
+            ours6, seed6 = r.get("train_error_epoch6_mean"), SEED_TRAIN_ERROR_EPOCH6[m]
+            if ours6 is not None and r["best_lr"] == seed_lr:
+                if ours6 > 2 * seed6:
+                    pace = (
+                        f"the report's run fitted its training set {ours6 / seed6:.1f}x faster "
+                        "than the protocol it states does here"
+                    )
+                elif ours6 < seed6 / 2:
+                    pace = f"ours fitted its training set {seed6 / ours6:.1f}x faster"
+                else:
+                    pace = "within a factor of 2 of each other"
+                parts.append(
+                    f"after 6 epochs at lr {seed_lr:g} the training error is {_pct(ours6)} "
+                    f"(mean over seeds) against the report's {_pct(seed6)}: {pace}"
+                )
             runs = r["epochs_run"].get(f"{r['best_lr']:g}", [])
             if runs and _patience(r) == "none":
                 parts.append(

@@ -91,6 +91,39 @@ def test_cnn_options_reach_the_cnn_only():
     assert mt._patience({"patience": 10, "max_epochs": 100}) == "10"
 
 
+def _report_of(model, stage):
+    cfg = mt.Config(lrs=(0.1,), epochs=8, patience=100)
+    out = mt.model_metrics(cfg, model, {"autodiff": stage}, {"autodiff": mt.choose(stage)},
+                           mt.model_settings(cfg, model))  # fmt: skip
+    metrics = {
+        "dataset": "mnist",
+        "models": {model: out},
+        "sizes": {"train": 55_000, "val": 5_000, "test": 10_000},
+        "protocol": {"batch_size": 200, "patience": 100, "seeds": 2, "grad": "autodiff",
+                     "twin_lrs": "all", "val_fraction": 1 / 12, "quick": False},
+    }  # fmt: skip
+    return out, mt.report_notes(metrics)
+
+
+def test_report_compares_the_training_pace_after_six_epochs_with_the_reports_curve():
+    val = np.linspace(0.05, 0.02, 8)
+    slow = 3 * mt.SEED_TRAIN_ERROR_EPOCH6["c"]  # three times the report's 0.99 %
+    stage = _stage([0.1, 0.1], [0, 1], [val, val], [val, val])
+    stage.history["train_error"] = np.array([np.full(8, slow - 0.001), np.full(8, slow + 0.001)])
+    out, notes = _report_of("c", stage)
+    assert out["train_error_epoch6_mean"] == pytest.approx(slow)
+    assert "training error is 2.97 % (mean over seeds) against the report's 0.99 %" in notes
+    assert "fitted its training set 3.0x faster than the protocol it states" in notes
+    assert "sizes of the report's split" in notes and "| none |" in notes
+    same = np.full((2, 8), mt.SEED_TRAIN_ERROR_EPOCH6["a"])
+    stage.history["train_error"] = same
+    assert "within a factor of 2 of each other" in _report_of("a", stage)[1]
+    # Runs that stopped before epoch 6 give no comparison.
+    short = _stage([0.1], [0], [[0.3, 0.2, 0.1]], [[0.3, 0.2, 0.1]])
+    out, notes = _report_of("a", short)
+    assert out["train_error_epoch6_mean"] is None and "after 6 epochs" not in notes
+
+
 # ----------------------------------------------------------------------------- command line
 
 
