@@ -12,8 +12,8 @@ orders, each removing one part of the engine's work:
    divergence checks, no optax, no schedule, no history (it trains each net as the engine
    does, tested), with the epochs' batch orders drawn inside the program as the engine does;
 6. the same with the batch orders drawn before the timed program: what remains is the
-   arithmetic of the steps, and the difference to row 5 is the shuffling (one
-   ``jax.random.permutation`` of the points per net and epoch, a sort on XLA's CPU).
+   arithmetic of the steps, and the difference to row 5 is the shuffling (one permutation
+   of the points per net and epoch, :func:`mljax.data.batches.permutation`: a sort).
 
 The differences between consecutive rows are what each part costs. Compile time is excluded
 (one untimed call first); best of ``--repeats``.
