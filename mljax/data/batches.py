@@ -82,13 +82,13 @@ def epoch_batches(
 
 
 def permutation(key: jax.Array, n: int) -> jax.Array:
-    """``jax.random.permutation(key, n)``, bit for bit, as int32, in a third of its time on CPU.
+    """``jax.random.permutation(key, n)``, bit for bit, as int32, in a third of its time on CPU
+    (``python -m benchmarks.shuffle``).
 
     JAX shuffles ``arange(n)`` by a stable sort on random 32-bit keys (two rounds from
     n = 1,626 on). XLA's CPU sort of keys with a value operand is about 5x slower than its
-    sort of the keys alone (1,024 permutations of 500: about 90 vs 16-19 ms), so each round here sorts
-    the keys alone, finds every key's rank by binary search and scatters the indices
-    (:func:`stable_argsort`). ``n`` is static.
+    sort of the keys alone, so each round here sorts the keys alone, finds every key's rank by
+    binary search and scatters the indices (:func:`stable_argsort`). ``n`` is static.
     """
     n = int(n)
     # jax.random's own number of rounds (tjablin@'s heuristic, exponent 3).

@@ -1,13 +1,13 @@
-"""The k-means, GMM and linear benchmarks share the experiments' dataclass CLI (tyro): every
+"""The k-means, GMM, linear and shuffle benchmarks share the experiments' dataclass CLI (tyro): every
 option documented in --help, bad values refused with exit status 2 and a message naming the
 option, before any data is made or anything is compiled."""
 
 import pytest
 
-from benchmarks import gmm, kmeans, linear
+from benchmarks import gmm, kmeans, linear, shuffle
 from benchmarks._cli import select_cases
 
-MODULES = {"kmeans": kmeans, "gmm": gmm, "linear": linear}
+MODULES = {"kmeans": kmeans, "gmm": gmm, "linear": linear, "shuffle": shuffle}
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
