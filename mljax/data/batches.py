@@ -82,8 +82,8 @@ def epoch_batches(
 
 
 def permutation(key: jax.Array, n: int) -> jax.Array:
-    """``jax.random.permutation(key, n)``, bit for bit, as int32, in a third of its time on CPU
-    (``python -m benchmarks.shuffle``).
+    """``jax.random.permutation(key, n)``, bit for bit, as int32, in a third to a half of its
+    time on CPU (``python -m benchmarks.shuffle``).
 
     JAX shuffles ``arange(n)`` by a stable sort on random 32-bit keys (two rounds from
     n = 1,626 on). XLA's CPU sort of keys with a value operand is about 5x slower than its
