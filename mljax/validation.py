@@ -77,9 +77,10 @@ def check_finite(value: Any, name: str) -> None:
         raise ValueError(f"{name} contains NaN or inf; allowed: finite values only")
 
 
-def check_matrix(x: Any, name: str = "x") -> jax.Array:
-    """A data matrix ``[n, d]`` with ``n, d >= 1`` and finite entries (when concrete), as a JAX
-    array; integer or bool input is cast to the default float type."""
+def check_matrix(x: Any, name: str = "x", *, finite: bool = True) -> jax.Array:
+    """A data matrix ``[n, d]`` with ``n, d >= 1`` and finite entries (when concrete and
+    ``finite``; a caller that passes ``finite=False`` checks them itself), as a JAX array;
+    integer or bool input is cast to the default float type."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
@@ -89,7 +90,8 @@ def check_matrix(x: Any, name: str = "x") -> jax.Array:
         raise ValueError(
             f"{name} must have at least one row and one column; got shape {tuple(x.shape)}"
         )
-    check_finite(x, name)
+    if finite:
+        check_finite(x, name)
     return x
 
 

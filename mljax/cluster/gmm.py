@@ -1177,7 +1177,7 @@ def fit(
     Under ``jit`` (traced ``x`` or weights) the value checks are skipped: non-finite or
     overflowing data then give NaN parameters.
     """
-    x = check_data(x, "x", min_float32=True)
+    x = check_data(x, "x", min_float32=True, finite=False)  # NaN / inf: check_no_overflow
     n, d = x.shape
     k = _check_k(k, n)
     ops = _COVARIANCES[check_covariance_type(covariance_type)]

@@ -135,7 +135,7 @@ def _check_k(k, n: int) -> int:
 
 def _validate(x, k, init, n_init, max_iter, tol, sample_weight):
     """Checks arguments before tracing; returns ``(x, sample_weight, init_array_or_None)``."""
-    x = check_data(x, "x")
+    x = check_data(x, "x", finite=False)  # NaN / inf: in check_no_overflow's pass below
     n, d = x.shape
     _check_k(k, n)
     validation.check_positive_int(n_init, "n_init")
@@ -372,8 +372,12 @@ def _fit_impl(key, x, w, tol, init_array, *, k, init, n_init, max_iter, chunk_si
     # Data are centred chunk by chunk as they are read (no centred copy of x).
     mean = jnp.mean(x, axis=0)
     c = min(chunk_size, x.shape[0])
-    # scikit-learn's `_tolerance`: tol scaled by the mean per-feature variance (unweighted).
-    const = _LloydConst(x, w, mean, tol * jnp.mean(jnp.var(x, axis=0)))
+    # scikit-learn's `_tolerance`: tol scaled by the mean per-feature variance (unweighted);
+    # like scikit-learn, tol = 0 skips the variance (two passes over x).
+    tol_abs = lax.cond(
+        tol > 0, lambda: tol * jnp.mean(jnp.var(x, axis=0)), lambda: jnp.zeros((), x.dtype)
+    )
+    const = _LloydConst(x, w, mean, tol_abs)
     if init_array is not None:
         init_array = init_array - mean[None]
 

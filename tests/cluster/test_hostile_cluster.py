@@ -7,6 +7,7 @@ Shapes are fixed (each new shape recompiles); the property tests vary values, no
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mljax.cluster import gmm, kmeans
+from mljax.cluster._checks import _spread_screen, check_no_overflow
 
 SETTINGS = settings(
     max_examples=30,
@@ -174,6 +176,42 @@ def test_fit_refuses_weights_that_overflow_float32(fit):
     x = _blobs()[0]
     with pytest.raises(ValueError, match="sample_weight sums to .* overflows float32"):
         fit(KEY, x, 2, sample_weight=np.full(len(x), 3e38, "f4"))
+
+
+@pytest.mark.parametrize("fraction", [1e-3, 0.01, 0.1, 0.5, 0.9, 1.1, 2.0, 50.0])
+@pytest.mark.parametrize("fit", [kmeans.fit, gmm.fit])
+def test_overflow_decision_is_the_closed_form_on_either_side_of_the_bound(fit, fraction):
+    """Data scaled so that the bound ``4 · sum(w) · max ||x_n - mean||²`` (float64, numpy) is
+    ``fraction`` of float32's largest value: refused exactly when it is >= 1. Fractions above
+    1/32 defeat the one-pass screen, so the exact host check decides there."""
+    x = _blobs()[0].astype(np.float64)
+    w = np.linspace(0.5, 2.0, len(x))
+    bound = 4.0 * w.sum() * np.max(np.sum((x - w @ x / w.sum()) ** 2, axis=1))
+    xs = (x * np.sqrt(fraction * float(np.finfo(np.float32).max) / bound)).astype("f4")
+    ws = w.astype("f4")
+    x64, w64 = xs.astype(np.float64), ws.astype(np.float64)
+    mean = w64 @ x64 / w64.sum()
+    exact = 4.0 * w64.sum() * np.max(np.sum((x64 - mean) ** 2, axis=1))
+    if exact < float(np.finfo(np.float32).max):
+        check_no_overflow(jnp.asarray(xs), jnp.asarray(ws), "test")
+        res = fit(KEY, xs, 2, sample_weight=ws, max_iter=3)
+        fitted = (res.centroids, res.inertia) if fit is kmeans.fit else res.params
+        chex.assert_tree_all_finite(fitted)
+    else:
+        with pytest.raises(ValueError, match="x overflows float32"):
+            fit(KEY, xs, 2, sample_weight=ws)
+
+
+def test_overflow_screen_accepts_ordinary_data_and_lets_nan_through_to_its_message():
+    x = _blobs()[0]
+    assert float(_spread_screen(jnp.asarray(x))) == pytest.approx(
+        np.max(np.sum((x.astype(np.float64) - x[0]) ** 2, axis=1)), rel=1e-5
+    )
+    bad = x.copy()
+    bad[7, 1] = np.nan
+    assert float(_spread_screen(jnp.asarray(bad))) == np.inf
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        check_no_overflow(jnp.asarray(bad), jnp.ones(len(x)), "test")
 
 
 @pytest.mark.parametrize("scale", [1e-10, 1e10, 1e15])
