@@ -1,7 +1,10 @@
 """Tests of mljax.cluster.kmeans against scikit-learn's KMeans (Lloyd) and closed forms."""
 
+import functools
+
 import chex
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -175,6 +178,69 @@ def test_n_init_returns_best_of_the_split_key_runs(x64):
     np.testing.assert_allclose(np.asarray(best.restart_inertia), inertias, rtol=1e-12)
     np.testing.assert_array_equal(np.asarray(best.restart_n_iter), [int(s.n_iter) for s in singles])
     np.testing.assert_array_equal(np.asarray(singles[0].restart_n_iter), [int(singles[0].n_iter)])
+
+
+def test_restarts_with_and_without_empty_clusters_each_equal_their_single_run(x64):
+    """Half the rows share one value, so a random init often draws two equal centres and one
+    cluster starts empty: the restarts that relocate and those that do not, vmapped together
+    (one shared branch predicate), each give their single run's result bit for bit."""
+    rng = np.random.default_rng(4)
+    x = np.concatenate([np.zeros((60, 2)), rng.normal(size=(60, 2)) * 3.0])
+    key = jax.random.key(11)
+    keys = jax.random.split(key, 6)
+    starts = [np.asarray(kmeans._random_init(kk, jnp.asarray(x), jnp.ones(120), 4)) for kk in keys]
+    empty_at_start = [len(np.unique(c, axis=0)) < 4 for c in starts]
+    assert any(empty_at_start) and not all(empty_at_start), empty_at_start
+    best = kmeans.fit(key, x, 4, init="random", n_init=6)
+    singles = [kmeans.fit(kk, x, 4, init="random") for kk in keys]
+    np.testing.assert_array_equal(
+        np.asarray(best.restart_inertia), [float(s.inertia) for s in singles]
+    )
+    np.testing.assert_array_equal(np.asarray(best.restart_n_iter), [int(s.n_iter) for s in singles])
+
+
+def test_restarts_run_the_relocation_top_k_only_as_a_branch():
+    """Under the restarts' vmap the relocation (a top-k over all n points) stays inside a
+    ``cond``: a per-restart predicate would have turned it into a select that runs it on
+    every iteration."""
+    x = np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32)
+
+    def top_k_in_loop_outside_cond(jaxpr, in_loop=False, in_cond=False):
+        """top_k ops inside the Lloyd while-loop but not under a cond (the random init's own
+        top-k runs once, before the loop)."""
+        found = 0
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            found += name == "top_k" and in_loop and not in_cond
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                found += top_k_in_loop_outside_cond(
+                    sub, in_loop or name == "while", in_cond or name == "cond"
+                )
+        return found
+
+    for n_init in (1, 4):
+        static = dict(k=3, init="random", n_init=n_init, max_iter=5, chunk_size=128)
+        fit = functools.partial(kmeans._fit_impl, **static)
+        jaxpr = jax.make_jaxpr(fit)(jax.random.key(0), x, jnp.ones(300), jnp.float32(1e-4), None)
+        assert top_k_in_loop_outside_cond(jaxpr.jaxpr) == 0, n_init
+
+
+def test_restarts_get_a_chunk_whose_distance_block_fits_the_restart_budget():
+    """Closed form of the default chunk: a single run keeps ``[chunk, k]`` within 2**22 and
+    ``[chunk, d]`` within 2**20 elements; n_init vmapped restarts keep ``[chunk, n_init · k]``
+    within 2**20; chunks are balanced over n."""
+
+    def expected(n, k, d, r):
+        rows = max(256, min((1 << 22 if r == 1 else 1 << 20) // (k * r), (1 << 20) // d))
+        return -(-n // -(-n // rows))
+
+    for n, k, d, r in [(200_000, 32, 32, 1), (200_000, 32, 32, 8), (200_000, 8, 2, 1),
+                       (200_000, 8, 2, 8), (60_000, 10, 784, 8), (1_000, 50, 3, 64)]:  # fmt: skip
+        c = kmeans.auto_chunk_size(n, k, d, r)
+        assert c == expected(n, k, d, r), (n, k, d, r)
+        assert c * k * r <= max((1 << 22 if r == 1 else 1 << 20), 256 * k * r)
+    assert kmeans.auto_chunk_size(200_000, 32, 32, 8) == 4082
+    assert kmeans.auto_chunk_size(200_000, 32, 32) == 28572
 
 
 def test_random_init_picks_distinct_rows(x64):
