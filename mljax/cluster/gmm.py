@@ -104,6 +104,11 @@ INITS = ("kmeans", "k-means++", "random", "random_from_data", "rand_const")
 # in cache). Measured ms per EM iteration (loaded machine), 2^21 -> 2^19 elements: full
 # 100k×16 K=8 130 -> 90; full 200k×32 K=16 1099 -> 944; diag 200k×32 K=16 257 -> 233.
 _CHUNK_ELEMENTS = 1 << 19
+_RESTART_CHUNK_ELEMENTS = 1 << 20
+"""Measured, ms per EM iteration of vmapped restarts on 2 cores (chunk rows: time):
+100k×16, K=8, 8 restarts: 4,096 (the single-run chunk): 246, 2,048: 199, 1,024 (this budget):
+200, 512: 227; 100k×2, K=4, 8 restarts: 65,536: 53, 16,384 (this budget): 39, 8,192: 36,
+4,096: 38; 200k×32, K=16, 4 restarts: 1,024: 981, 512 (this budget): 972, 256: 984."""
 KEEP_RESP_ELEMENTS = 1 << 26
 """Largest ``n × k × n_init`` for which :func:`fit` keeps the E-step's responsibilities (256 MiB in
 float32) for the covariance pass instead of recomputing them chunk by chunk."""
@@ -434,8 +439,13 @@ def _params_from_cov(weights, means, cov, ops: _CovOps) -> GMMParams:
     return GMMParams(weights, means, cov, ops.precision_cholesky(cov))
 
 
-def _auto_chunk(n: int, k: int, d: int) -> int:
-    return int(max(64, min(n, _CHUNK_ELEMENTS // max(k * d, 1))))
+def _auto_chunk(n: int, k: int, d: int, restarts: int = 1) -> int:
+    """Rows per chunk: ``[chunk, k·d]`` within :data:`_CHUNK_ELEMENTS` for one run; vmapped
+    restarts share each chunk and their ``[chunk, restarts·k·d]`` block is held to
+    :data:`_RESTART_CHUNK_ELEMENTS`."""
+    if restarts <= 1:
+        return int(max(64, min(n, _CHUNK_ELEMENTS // max(k * d, 1))))
+    return int(max(64, min(n, _RESTART_CHUNK_ELEMENTS // max(restarts * k * d, 1))))
 
 
 def _chunked(x, chunk_size: int):
@@ -1160,7 +1170,8 @@ def fit(
         rand_const: the ``"rand_const"`` initialisation's constant (traced).
         sample_weight: optional ``[n]`` non-negative weights (scikit-learn lacks this).
         chunk_size: rows per chunk of the E- and M-step passes (static; default keeps the
-            ``[chunk, k, d]`` intermediates about 2 MiB).
+            ``[chunk, k, d]`` intermediates about 2 MiB, and those of all ``n_init`` vmapped
+            restarts together about 4 MiB).
 
     Returns:
         :class:`GMMResult`.
@@ -1191,7 +1202,6 @@ def fit(
         check_real(sample_weight, "sample_weight")
     w = validation.check_sample_weight(sample_weight, n, x.dtype)
     check_no_overflow(x, w, "gmm")
-    chunk = validation.check_chunk_size(chunk_size, _auto_chunk(n, k, d))
     if isinstance(init, str):
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS} or a GMMParams; got {init!r}")
@@ -1199,6 +1209,7 @@ def fit(
     else:
         init_params = _check_params(init, ops, k, d, x.dtype)
         init_kind, n_init = "params", 1  # every restart would be identical
+    chunk = validation.check_chunk_size(chunk_size, _auto_chunk(n, k, d, n_init))
     dtype = x.dtype
     return _fit_jit(
         key,

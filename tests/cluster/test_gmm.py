@@ -736,3 +736,15 @@ def test_restarts_share_one_wide_e_step_product(lowered_text, covariance_type):
     width = 6 if covariance_type == "full" else 3
     assert chunk_rows and all(f"-> tensor<256x4x{width}xf32>" in ln for ln in chunk_rows)
     assert not any("batching_dims" in ln and "tensor<4x256x2xf32>" in ln for ln in dots)
+
+
+def test_restarts_get_a_chunk_whose_block_fits_the_restart_budget():
+    """Closed form of the default chunk: one run keeps ``[chunk, k·d]`` within 2**19 elements,
+    n_init vmapped restarts keep ``[chunk, n_init·k·d]`` within 2**20 (at least 64 rows, at
+    most n)."""
+    for n, k, d, r in [(100_000, 8, 16, 1), (100_000, 8, 16, 8), (100_000, 4, 2, 8),
+                       (200_000, 16, 32, 4), (500, 3, 2, 10), (10**6, 64, 64, 16)]:  # fmt: skip
+        budget = (1 << 19) if r == 1 else (1 << 20)
+        assert gmm._auto_chunk(n, k, d, r) == max(64, min(n, budget // (r * k * d)))
+    assert gmm._auto_chunk(100_000, 8, 16, 8) == 1024
+    assert gmm._auto_chunk(100_000, 8, 16) == 4096
