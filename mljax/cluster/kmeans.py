@@ -73,9 +73,9 @@ K=32 took 1,113 ms with the single-run chunk (28,572 rows), 1,045 ms at a 2**22 
 
 CHUNK_X_ELEMENTS = 1 << 20
 """Default budget of one chunk of data rows ``[chunk, d]`` (4 MiB in float32), so a chunk stays
-in cache across the passes an iteration makes over it (centring, norms, distance matmul,
-sums). Measured per Lloyd iteration at 60k×784, K=10: one 60k-row chunk 110 ms, 1,337-row
-chunks 63 ms; at 200k×32, K=32: 100k rows 26 ms, 32k rows 20 ms."""
+in cache across the passes an iteration makes over it (centring, distance matmul, sums).
+Measured per Lloyd iteration at 60k×784, K=10: one 60k-row chunk 110 ms, 1,337-row chunks
+63 ms; at 200k×32, K=32: 100k rows 26 ms, 32k rows 20 ms."""
 
 
 def auto_chunk_size(n: int, k: int, d: int = 1, restarts: int = 1) -> int:
@@ -343,9 +343,9 @@ def _lloyd_iteration(
 
     def relocate(args):
         sums, weights = args
-        # Only points that carry weight can fill a cluster.
         # Squared distance to the own centre, by the expansion clipped at 0 (rounding).
         mind = jnp.maximum(2.0 * best + _row_sq_norms(x, mean, c), 0.0)
+        # Only points that carry weight can fill a cluster.
         far_d = jnp.where(w > 0, mind, -jnp.inf)
         _, far = lax.top_k(far_d, k)  # [k] farthest points, descending
         rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)  # rank among the empty clusters
