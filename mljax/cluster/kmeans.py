@@ -51,6 +51,7 @@ __all__ = [
     "INITS",
     "RESTART_CHUNK_ELEMENTS",
     "SCATTER_MAX_D",
+    "UNROLLED_ARGMIN_MAX_K",
     "KMeansResult",
     "auto_chunk_size",
     "fit",
@@ -184,10 +185,30 @@ def _sq_dist(xc, xx, centroids, cc):
     return jnp.maximum(d2, 0.0)
 
 
+UNROLLED_ARGMIN_MAX_K = 12
+"""Up to this many centres, :func:`_first_argmin` scans the columns one by one. Measured ms
+per Lloyd iteration (20 iterations, 200k rows; scan / two reductions): d=2, K=8: 0.9 / 1.5;
+d=2, K=12: 1.6 / 2.3; d=784 (60k rows), K=10: 24.7-25.6 / 25.0-25.2; d=32, K=16: 6.2-6.8 /
+6.5-6.7; d=8, K=16: 3.6-3.9 / 3.2-3.3; d=32, K=24: 9.0 / 8.1; d=32, K=32: 8.5-8.7 / 7.6-7.7."""
+
+
 def _first_argmin(d2):
-    """``argmin`` over axis 1 (first index on ties) and the minimum, via two plain reductions:
-    XLA's CPU argmin is a variadic reduce, about as slow as the distance matmul itself."""
+    """``argmin`` over axis 1 (first index on ties) and the minimum.
+
+    Up to :data:`UNROLLED_ARGMIN_MAX_K` columns, a scan over the columns that keeps the running
+    minimum and its index (one fused elementwise loop); above, two plain reductions (the
+    minimum, then the first column that reaches it). XLA's own argmin, a variadic reduce,
+    measured slower than either (a chunked labels pass at 200k×32, K=32: 14.8 ms against 5.4
+    and 5.9).
+    """
     k = d2.shape[1]
+    if k <= UNROLLED_ARGMIN_MAX_K:
+        best, lab = d2[:, 0], jnp.zeros(d2.shape[:1], jnp.int32)
+        for j in range(1, k):
+            better = d2[:, j] < best  # strict: the first index wins ties
+            best = jnp.where(better, d2[:, j], best)
+            lab = jnp.where(better, jnp.int32(j), lab)
+        return lab, best
     m = jnp.min(d2, axis=1)
     rev = jnp.arange(k - 1, -1, -1, dtype=jnp.int32)
     lab = (k - 1) - jnp.max(jnp.where(d2 <= m[:, None], rev[None, :], -1), axis=1)

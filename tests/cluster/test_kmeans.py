@@ -485,3 +485,16 @@ def test_restarts_share_one_wide_distance_product(lowered_text):
     with_chunk = [ln for ln in dots if "tensor<256x4xf32>" in ln]
     assert with_chunk and not any("batching_dims" in ln for ln in with_chunk)
     assert any(ln.rstrip().endswith("-> tensor<256x4x3xf32>") for ln in with_chunk)
+
+
+@pytest.mark.parametrize(
+    "k", [1, 2, 8, kmeans.UNROLLED_ARGMIN_MAX_K, kmeans.UNROLLED_ARGMIN_MAX_K + 1, 40]
+)
+def test_first_argmin_is_numpys_first_index_on_ties_either_side_of_the_unroll_limit(k):
+    """Both forms (column scan up to UNROLLED_ARGMIN_MAX_K, two reductions above) give numpy's
+    argmin (the first index among equal minima) and the minimum, on scores with many ties."""
+    d2 = np.random.default_rng(k).integers(0, 4, size=(300, k)).astype(np.float32)
+    lab, m = jax.jit(kmeans._first_argmin)(jnp.asarray(d2))
+    np.testing.assert_array_equal(np.asarray(lab), np.argmin(d2, axis=1))
+    np.testing.assert_array_equal(np.asarray(m), d2.min(axis=1))
+    assert lab.dtype == jnp.int32
