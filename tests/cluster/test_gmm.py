@@ -748,3 +748,22 @@ def test_restarts_get_a_chunk_whose_block_fits_the_restart_budget():
         assert gmm._auto_chunk(n, k, d, r) == max(64, min(n, budget // (r * k * d)))
     assert gmm._auto_chunk(100_000, 8, 16, 8) == 1024
     assert gmm._auto_chunk(100_000, 8, 16) == 4096
+    # Diagonal fits from DIAG_SUM_MIN_KD component-features on form no [chunk, k, d] array and
+    # take twice the single-run budget; below it, and with restarts, the usual rules.
+    assert gmm._auto_chunk(200_000, 16, 32, 1, "diag") == 2048
+    assert gmm._auto_chunk(200_000, 16, 32, 1, "full") == 1024
+    assert gmm._auto_chunk(200_000, 4, 2, 1, "diag") == gmm._auto_chunk(200_000, 4, 2)
+    assert gmm._auto_chunk(200_000, 16, 32, 8, "diag") == gmm._auto_chunk(200_000, 16, 32, 8)
+
+
+@pytest.mark.parametrize(("k", "d"), [(4, 2), (8, 8), (8, 16), (16, 32), (40, 4)])
+def test_diagonal_moments_equal_numpy_on_either_side_of_the_fused_sum_limit(x64, k, d):
+    """sum_n r_nk (x_nd - mu_kd)² from every form (matmul, einsum, fused sum from
+    DIAG_SUM_MIN_KD component-features on) equals the float64 numpy sum."""
+    rng = np.random.default_rng(k * d)
+    r = rng.dirichlet(np.ones(k), size=300)
+    x = rng.normal(size=(300, d))
+    mu = rng.normal(size=(k, d))
+    want = np.einsum("nk,nkd->kd", r, (x[:, None, :] - mu[None]) ** 2)
+    got = gmm._moments_diagonal(jnp.asarray(r), jnp.asarray(x), jnp.asarray(mu))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12)
