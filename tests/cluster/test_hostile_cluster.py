@@ -380,3 +380,18 @@ def test_property_scale_and_weights(scale, log_w):
     assert np.isfinite(float(res.inertia))
     if scale > 1e-20:  # below, the blobs' offsets are subnormal
         assert _same_partition(res.labels, truth)
+
+
+def test_nan_data_are_refused_when_only_the_weights_are_traced():
+    """Inside jit with the weights traced and the data concrete, the overflow bound cannot be
+    formed, but NaN data are still refused with the data's message."""
+    bad = _blobs()[0].copy()
+    bad[3, 0] = np.nan
+    bad = jnp.asarray(bad)  # a concrete array closed over by the jitted function
+
+    @jax.jit
+    def fit_with(w):
+        return kmeans.fit(KEY, bad, 2, sample_weight=w).inertia
+
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        fit_with(jnp.ones(len(bad)))
