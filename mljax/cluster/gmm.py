@@ -110,6 +110,15 @@ _RESTART_CHUNK_ELEMENTS = 1 << 20
 100k×16, K=8, 8 restarts: 4,096 (the single-run chunk): 246, 2,048: 199, 1,024 (this budget):
 200, 512: 227; 100k×2, K=4, 8 restarts: 65,536: 53, 16,384 (this budget): 39, 8,192: 36,
 4,096: 38; 200k×32, K=16, 4 restarts: 1,024: 981, 512 (this budget): 972, 256: 984."""
+DIAG_SUM_MIN_KD = 128
+"""From this many component-features ``k·d`` on, the diagonal second moments are one fused
+multiply-and-sum over the chunk's rows; below, a matmul (k <= 32) or a batched einsum.
+Measured per covariance pass over 200k rows (chunk rows: fused sum / matmul / einsum ms):
+d=32, K=16: 1,024: 24.7 / 46.9 / 29.2, 4,096: 19.0 / 40.2 / 19.3; d=32, K=64: 256: 96.9 /
+118.4 / 118.2; d=16, K=8: 4,096: 7.4 / 7.7 / 12.1; d=8, K=8: 8,192: 5.5 / 4.1 / 3.2; d=2,
+K=4: 65,536: 3.3 / 0.8 / 1.3. Such diagonal fits also take twice the chunk (no [c, k, d] array
+is formed); ms per EM iteration at 2**19 / 2**20 / 2**21 elements of [chunk, k·d]: d=32, K=16:
+67-68 / 61 / 55-57; d=16, K=8: 16.0 / 14.0 / 17.5; d=64, K=16: 98.3 / 95.7 / 99.0."""
 KEEP_RESP_ELEMENTS = 1 << 26
 """Largest ``n × k × n_init`` for which :func:`fit` keeps the E-step's responsibilities (256 MiB in
 float32) for the covariance pass instead of recomputing them chunk by chunk."""
@@ -264,17 +273,6 @@ def _moments_matrix(rw, xc, means):
     e = jnp.sum(u, axis=0)  # [k, d]
     s = (u.reshape(-1, k * d).T @ xc).reshape(k, d, d)
     return s - e[:, :, None] * means[:, None, :]
-
-
-DIAG_SUM_MIN_KD = 128
-"""From this many component-features ``k·d`` on, the diagonal second moments are one fused
-multiply-and-sum over the chunk's rows; below, a matmul (k <= 32) or a batched einsum.
-Measured per covariance pass over 200k rows (chunk rows: fused sum / matmul / einsum ms):
-d=32, K=16: 1,024: 24.7 / 46.9 / 29.2, 4,096: 19.0 / 40.2 / 19.3; d=32, K=64: 256: 96.9 /
-118.4 / 118.2; d=16, K=8: 4,096: 7.4 / 7.7 / 12.1; d=8, K=8: 8,192: 5.5 / 4.1 / 3.2; d=2,
-K=4: 65,536: 3.3 / 0.8 / 1.3. Such diagonal fits also take twice the chunk (no [c, k, d] array
-is formed); ms per EM iteration at 2**19 / 2**20 / 2**21 elements of [chunk, k·d]: d=32, K=16:
-67-68 / 61 / 55-57; d=16, K=8: 16.0 / 14.0 / 17.5; d=64, K=16: 98.3 / 95.7 / 99.0."""
 
 
 def _moments_diagonal(rw, xc, means):

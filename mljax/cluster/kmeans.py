@@ -33,7 +33,6 @@ and the run with the lowest inertia is returned.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -450,7 +449,9 @@ def _fit_impl(key, x, w, tol, init_array, *, k, init, n_init, max_iter, chunk_si
     if init_array is not None:
         init_array = init_array - mean[None]
 
-    def one(key, restart_axis=None):
+    restart_axis = None if n_init == 1 else _RESTARTS
+
+    def one(key):
         return _fit_one(
             key, const, init_array, k=k, init=init, max_iter=max_iter, c=c,
             restart_axis=restart_axis,
@@ -460,9 +461,7 @@ def _fit_impl(key, x, w, tol, init_array, *, k, init, n_init, max_iter, chunk_si
         res = one(key)
         res = res._replace(restart_inertia=res.inertia[None], restart_n_iter=res.n_iter[None])
     else:
-        runs = jax.vmap(functools.partial(one, restart_axis=_RESTARTS), axis_name=_RESTARTS)(
-            jax.random.split(key, n_init)
-        )
+        runs = jax.vmap(one, axis_name=_RESTARTS)(jax.random.split(key, n_init))
         best = jnp.argmin(runs.inertia)
         res = jax.tree.map(lambda a: a[best], runs)
         res = res._replace(restart_inertia=runs.inertia, restart_n_iter=runs.n_iter)
