@@ -8,9 +8,9 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 # The suite runs with the glibc malloc settings that the `python -m experiments.*` and
 # `benchmarks.*` entry points give themselves (mljax/malloc_tuning.py), so XLA:CPU's buffers
 # stop page-faulting: the whole suite with a warm compilation cache took 327-336 s without
-# them and 305 s with them on 2 cores. A GLIBC_TUNABLES or MLJAX_MALLOC_TUNING=0 of your own
-# is respected.
-TEST_ENV = $(if $(or $(GLIBC_TUNABLES),$(filter 0 off false no,$(MLJAX_MALLOC_TUNING))),,GLIBC_TUNABLES="$$($(PY) -c 'from mljax.malloc_tuning import GLIBC_TUNABLES_VALUE as v; print(v)')")
+# them and 305 s with them on 2 cores. `python -m mljax.malloc_tuning` prints the setting (or
+# nothing where malloc settings of your own or MLJAX_MALLOC_TUNING=0 are in the environment).
+TEST_ENV = env $$($(PY) -m mljax.malloc_tuning)
 
 .PHONY: demo test test-fast test-x64 lint format bench install clean
 

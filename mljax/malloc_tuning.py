@@ -57,6 +57,7 @@ import sys
 __all__ = [
     "GLIBC_TUNABLES_VALUE",
     "REEXEC_MARK",
+    "command_line_environment",
     "reexec_with_tuned_malloc",
     "tune_for_command_line",
     "tune_malloc",
@@ -143,6 +144,17 @@ def tune_for_command_line() -> bool:
     return tune_malloc()
 
 
+def command_line_environment() -> dict[str, str]:
+    """The variables a command started from this environment should get for the tuning:
+    ``{"GLIBC_TUNABLES": GLIBC_TUNABLES_VALUE}`` on glibc, ``{}`` when opted out, when the
+    environment already has malloc settings, or off glibc. ``python -m mljax.malloc_tuning``
+    prints them as ``NAME=value`` words for a shell (``env $(python -m mljax.malloc_tuning)
+    python ...``; the Makefile's test targets do so)."""
+    if _left_to_user() or _glibc() is None:
+        return {}
+    return {"GLIBC_TUNABLES": GLIBC_TUNABLES_VALUE}
+
+
 def reexec_with_tuned_malloc() -> None:
     """Re-executes this process's command line with ``GLIBC_TUNABLES`` set (see above).
 
@@ -152,14 +164,19 @@ def reexec_with_tuned_malloc() -> None:
     process was already re-executed, off glibc, when the command line is not known, or for
     ``-h`` / ``--help``.
     """
-    if os.environ.get(REEXEC_MARK) or _left_to_user():
+    if os.environ.get(REEXEC_MARK):
         return
+    tuned = command_line_environment()
     argv = getattr(sys, "orig_argv", None)
-    if not argv or not sys.executable or _glibc() is None:
+    if not tuned or not argv or not sys.executable:
         return
     if "-h" in sys.argv[1:] or "--help" in sys.argv[1:]:
         return  # printing the help runs no XLA: not worth a second start
-    env = dict(os.environ, GLIBC_TUNABLES=GLIBC_TUNABLES_VALUE, **{REEXEC_MARK: "1"})
+    env = dict(os.environ, **tuned, **{REEXEC_MARK: "1"})
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, list(argv), env)
+
+
+if __name__ == "__main__":
+    print(" ".join(f"{name}={value}" for name, value in command_line_environment().items()))

@@ -131,3 +131,29 @@ def test_reexec_is_skipped_when_opted_out_or_set_by_the_user(tmp_path):
         assert len(reports) == 1, (env, reports)
     reports = _probe("1", "--help", reexec=True, tmp_path=tmp_path)
     assert len(reports) == 1
+
+
+@glibc
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, {"GLIBC_TUNABLES": malloc_tuning.GLIBC_TUNABLES_VALUE}),
+        ({"MLJAX_MALLOC_TUNING": "off"}, {}),
+        ({"MALLOC_ARENA_MAX": "2"}, {}),
+        ({"GLIBC_TUNABLES": ""}, {}),
+    ],
+)
+def test_command_line_environment_and_its_shell_form(env, expected, monkeypatch):
+    """What the re-execution adds (and the Makefile's test targets pass to pytest): the
+    tunables, or nothing where the user's environment decides; `python -m` prints it."""
+    for name in ("MLJAX_MALLOC_TUNING", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                 "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert malloc_tuning.command_line_environment() == expected
+    printed = subprocess.run(
+        [sys.executable, "-m", "mljax.malloc_tuning"],
+        capture_output=True, text=True, check=True, env=dict(os.environ),
+    ).stdout.split()  # fmt: skip
+    assert printed == [f"GLIBC_TUNABLES={malloc_tuning.GLIBC_TUNABLES_VALUE}"] * bool(expected)
