@@ -263,14 +263,14 @@ def _assign(x, w, mean, centroids, c, *, with_sums):
     return labels, best
 
 
-def _row_sq_norms(x, mean, c):
-    """``[n]`` squared norms of the centred rows (the part of a distance the scores leave out)."""
-    n = x.shape[0]
+def _row_sq_norms(x, w, mean, c):
+    """``[n]`` squared norms of the centred rows (the part of a distance the scores leave out;
+    the weights ``w`` only ride along with the chunks)."""
 
     def body(out, xc, wc, start):
         return put_rows(out, start, jnp.sum(xc * xc, axis=1))
 
-    return fold_chunks(x, jnp.ones((n,), x.dtype), mean, c, body, jnp.zeros((n,), x.dtype))
+    return fold_chunks(x, w, mean, c, body, jnp.zeros(x.shape[:1], x.dtype))
 
 
 def _assign_inertia(x, w, mean, centroids, c):
@@ -364,7 +364,7 @@ def _lloyd_iteration(
     def relocate(args):
         sums, weights = args
         # Squared distance to the own centre, by the expansion clipped at 0 (rounding).
-        mind = jnp.maximum(2.0 * best + _row_sq_norms(x, mean, c), 0.0)
+        mind = jnp.maximum(2.0 * best + _row_sq_norms(x, w, mean, c), 0.0)
         # Only points that carry weight can fill a cluster.
         far_d = jnp.where(w > 0, mind, -jnp.inf)
         _, far = lax.top_k(far_d, k)  # [k] farthest points, descending
