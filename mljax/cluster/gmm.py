@@ -75,14 +75,17 @@ from mljax.cluster._checks import check_data, check_no_overflow, check_real
 from mljax.cluster._chunks import fold_chunks, put_rows
 
 __all__ = [
+    "CHUNK_ELEMENTS",
     "COVARIANCE_TYPES",
     "DIAG_SUM_MIN_KD",
     "INITS",
     "KEEP_RESP_ELEMENTS",
+    "RESTART_CHUNK_ELEMENTS",
     "BICSelection",
     "GMMParams",
     "GMMResult",
     "aic",
+    "auto_chunk_size",
     "bic",
     "check_covariance_type",
     "compute_precision_cholesky",
@@ -101,11 +104,12 @@ __all__ = [
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 INITS = ("kmeans", "k-means++", "random", "random_from_data", "rand_const")
 
-# Target elements of the per-chunk [chunk, k, d] intermediates (2 MiB in float32, so they stay
-# in cache). Measured ms per EM iteration (loaded machine), 2^21 -> 2^19 elements: full
-# 100k×16 K=8 130 -> 90; full 200k×32 K=16 1099 -> 944; diag 200k×32 K=16 257 -> 233.
-_CHUNK_ELEMENTS = 1 << 19
-_RESTART_CHUNK_ELEMENTS = 1 << 20
+CHUNK_ELEMENTS = 1 << 19
+"""Budget of one run's per-chunk ``[chunk, k, d]`` intermediates (2 MiB in float32, so they stay
+in cache). Measured ms per EM iteration (loaded machine), 2^21 -> 2^19 elements: full
+100k×16 K=8 130 -> 90; full 200k×32 K=16 1099 -> 944; diag 200k×32 K=16 257 -> 233."""
+
+RESTART_CHUNK_ELEMENTS = 1 << 20
 """Measured, ms per EM iteration of vmapped restarts on 2 cores (chunk rows: time):
 100k×16, K=8, 8 restarts: 4,096 (the single-run chunk): 246, 2,048: 199, 1,024 (this budget):
 200, 512: 227; 100k×2, K=4, 8 restarts: 65,536: 53, 16,384 (this budget): 39, 8,192: 36,
@@ -452,17 +456,21 @@ def _params_from_cov(weights, means, cov, ops: _CovOps) -> GMMParams:
     return GMMParams(weights, means, cov, ops.precision_cholesky(cov))
 
 
-def _auto_chunk(n: int, k: int, d: int, restarts: int = 1, covariance_type: str = "full") -> int:
-    """Rows per chunk: ``[chunk, k·d]`` within :data:`_CHUNK_ELEMENTS` for one run (twice that
+def auto_chunk_size(
+    n: int, k: int, d: int, restarts: int = 1, covariance_type: str = "full"
+) -> int:
+    """Default rows per chunk of :func:`fit` and the chunked kernels (``chunk_size=None``), for
+    ``n`` points of ``d`` features, ``k`` components and ``restarts`` vmapped restarts:
+    ``[chunk, k·d]`` within :data:`CHUNK_ELEMENTS` for one run (twice that
     for diagonal covariances from :data:`DIAG_SUM_MIN_KD` on, whose passes form no
     ``[chunk, k, d]`` array); vmapped restarts share each chunk and their
-    ``[chunk, restarts·k·d]`` block is held to :data:`_RESTART_CHUNK_ELEMENTS`."""
+    ``[chunk, restarts·k·d]`` block is held to :data:`RESTART_CHUNK_ELEMENTS`."""
     if restarts > 1:
-        budget = _RESTART_CHUNK_ELEMENTS // max(restarts * k * d, 1)
+        budget = RESTART_CHUNK_ELEMENTS // max(restarts * k * d, 1)
     elif covariance_type == "diag" and k * d >= DIAG_SUM_MIN_KD:
-        budget = 2 * _CHUNK_ELEMENTS // max(k * d, 1)
+        budget = 2 * CHUNK_ELEMENTS // max(k * d, 1)
     else:
-        budget = _CHUNK_ELEMENTS // max(k * d, 1)
+        budget = CHUNK_ELEMENTS // max(k * d, 1)
     return int(max(64, min(n, budget)))
 
 
@@ -743,7 +751,7 @@ def _kernel_args(x, params: GMMParams, covariance_type, chunk_size):
     x = check_data(x, "x", min_float32=True)
     n, d = x.shape
     params, ops = _check_kernel_params(params, covariance_type, d, x.dtype)
-    chunk = validation.check_chunk_size(chunk_size, _auto_chunk(n, params.means.shape[0], d))
+    chunk = validation.check_chunk_size(chunk_size, auto_chunk_size(n, params.means.shape[0], d))
     return x, params, ops, chunk
 
 
@@ -843,7 +851,7 @@ def m_step(
     if sample_weight is not None:
         check_real(sample_weight, "sample_weight")
     w = validation.check_sample_weight(sample_weight, n, x.dtype)
-    c = min(validation.check_chunk_size(chunk_size, _auto_chunk(n, k, d)), n)
+    c = min(validation.check_chunk_size(chunk_size, auto_chunk_size(n, k, d)), n)
     # Centre on the weighted data mean (exact shift, keeps float32 sums small).
     c0 = lax.stop_gradient(w @ x / jnp.sum(w))
 
@@ -1227,7 +1235,9 @@ def fit(
     else:
         init_params = _check_params(init, ops, k, d, x.dtype)
         init_kind, n_init = "params", 1  # every restart would be identical
-    chunk = validation.check_chunk_size(chunk_size, _auto_chunk(n, k, d, n_init, covariance_type))
+    chunk = validation.check_chunk_size(
+        chunk_size, auto_chunk_size(n, k, d, n_init, covariance_type)
+    )
     dtype = x.dtype
     return _fit_jit(
         key,

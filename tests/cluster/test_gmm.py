@@ -745,15 +745,17 @@ def test_restarts_get_a_chunk_whose_block_fits_the_restart_budget():
     for n, k, d, r in [(100_000, 8, 16, 1), (100_000, 8, 16, 8), (100_000, 4, 2, 8),
                        (200_000, 16, 32, 4), (500, 3, 2, 10), (10**6, 64, 64, 16)]:  # fmt: skip
         budget = (1 << 19) if r == 1 else (1 << 20)
-        assert gmm._auto_chunk(n, k, d, r) == max(64, min(n, budget // (r * k * d)))
-    assert gmm._auto_chunk(100_000, 8, 16, 8) == 1024
-    assert gmm._auto_chunk(100_000, 8, 16) == 4096
+        assert gmm.auto_chunk_size(n, k, d, r) == max(64, min(n, budget // (r * k * d)))
+    assert gmm.auto_chunk_size(100_000, 8, 16, 8) == 1024
+    assert gmm.auto_chunk_size(100_000, 8, 16) == 4096
     # Diagonal fits from DIAG_SUM_MIN_KD component-features on form no [chunk, k, d] array and
     # take twice the single-run budget; below it, and with restarts, the usual rules.
-    assert gmm._auto_chunk(200_000, 16, 32, 1, "diag") == 2048
-    assert gmm._auto_chunk(200_000, 16, 32, 1, "full") == 1024
-    assert gmm._auto_chunk(200_000, 4, 2, 1, "diag") == gmm._auto_chunk(200_000, 4, 2)
-    assert gmm._auto_chunk(200_000, 16, 32, 8, "diag") == gmm._auto_chunk(200_000, 16, 32, 8)
+    assert gmm.auto_chunk_size(200_000, 16, 32, 1, "diag") == 2048
+    assert gmm.auto_chunk_size(200_000, 16, 32, 1, "full") == 1024
+    assert gmm.auto_chunk_size(200_000, 4, 2, 1, "diag") == gmm.auto_chunk_size(200_000, 4, 2)
+    assert gmm.auto_chunk_size(200_000, 16, 32, 8, "diag") == gmm.auto_chunk_size(
+        200_000, 16, 32, 8
+    )
 
 
 @pytest.mark.parametrize(("k", "d"), [(4, 2), (8, 8), (8, 16), (16, 32), (40, 4)])
