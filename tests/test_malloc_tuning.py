@@ -146,8 +146,7 @@ def test_reexec_is_skipped_when_opted_out_or_set_by_the_user(tmp_path):
 def test_command_line_environment_and_its_shell_form(env, expected, monkeypatch):
     """What the re-execution adds (and the Makefile's test targets pass to pytest): the
     tunables, or nothing where the user's environment decides; `python -m` prints it."""
-    for name in ("MLJAX_MALLOC_TUNING", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-                 "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES"):  # fmt: skip
+    for name in ("MLJAX_MALLOC_TUNING", *malloc_tuning._USER_SETTINGS):  # as _probe clears
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
