@@ -274,20 +274,27 @@ def _row_sq_norms(x, w, mean, c):
 
 
 def _assign_inertia(x, w, mean, centroids, c):
-    """Final pass: labels ``[n]`` and the exact inertia ``sum_i w_i ||x_i - c_{z_i}||²``
-    (from the differences, not the expansion, so it is accurate in float32)."""
+    """Final pass: labels ``[n]``, the exact inertia ``sum_i w_i ||x_i - c_{z_i}||²`` (from
+    the differences, not the expansion, so it is accurate in float32) and the weighted sum of
+    the rows' best scores.
+
+    The last is for speed only: a caller that returns it from its jitted program makes XLA
+    materialise the row minimum (see :func:`_assign`). The final pass of a 200k×32, K=32 fit
+    measured 13-19 ms without it and 7-11 ms with it (2026-12-05, under load).
+    """
     n = x.shape[0]
     half_cc = 0.5 * jnp.sum(centroids * centroids, axis=1)
 
     def body(carry, xc, wc, start):
-        acc, labels = carry
-        lab, _ = _first_argmin(_scores(xc, centroids, half_cc))
+        acc, labels, score_sum = carry
+        lab, m = _first_argmin(_scores(xc, centroids, half_cc))
         diff = xc - centroids[lab]
-        return acc + jnp.sum(wc * jnp.sum(diff * diff, axis=1)), put_rows(labels, start, lab)
+        acc = acc + jnp.sum(wc * jnp.sum(diff * diff, axis=1))
+        return acc, put_rows(labels, start, lab), score_sum + jnp.sum(wc * m)
 
-    init = (jnp.zeros((), x.dtype), jnp.zeros((n,), jnp.int32))
-    acc, labels = fold_chunks(x, w, mean, c, body, init)
-    return labels, acc
+    init = (jnp.zeros((), x.dtype), jnp.zeros((n,), jnp.int32), jnp.zeros((), x.dtype))
+    acc, labels, score_sum = fold_chunks(x, w, mean, c, body, init)
+    return labels, acc, score_sum
 
 
 # ----------------------------------------------------------------------------- initialisation
@@ -400,9 +407,10 @@ def _lloyd_iteration(
 
 def _lloyd(
     const: _LloydConst, centroids0, *, max_iter: int, c: int, restart_axis: str | None = None
-) -> KMeansResult:
+) -> tuple[KMeansResult, jax.Array]:
     """Lloyd iterations from ``centroids0`` (centred on ``const.mean``) on ``const.x`` read in
-    place in chunks of ``c`` rows; returns a :class:`KMeansResult` with centred centroids."""
+    place in chunks of ``c`` rows; returns a :class:`KMeansResult` with centred centroids, and
+    the final pass's score sum (see :func:`_assign_inertia`)."""
     n = const.x.shape[0]
 
     def cond(s: _LloydState):
@@ -416,8 +424,8 @@ def _lloyd(
     )
     s = lax.while_loop(cond, body, init)
     # A final assignment so that labels match the returned centroids.
-    labels, inertia = _assign_inertia(const.x, const.w, const.mean, s.centroids, c)
-    return KMeansResult(s.centroids, labels, inertia, s.n_iter, s.done)
+    labels, inertia, score_sum = _assign_inertia(const.x, const.w, const.mean, s.centroids, c)
+    return KMeansResult(s.centroids, labels, inertia, s.n_iter, s.done), score_sum
 
 
 def _fit_one(key, const: _LloydConst, init_array, *, k, init, max_iter, c, restart_axis=None):
@@ -437,6 +445,9 @@ _RESTARTS = "kmeans_restarts"
 
 
 def _fit_impl(key, x, w, tol, init_array, *, k, init, n_init, max_iter, chunk_size):
+    """The whole fit: a :class:`KMeansResult` and the final passes' score sums, which
+    :func:`fit` drops (returned only so that XLA keeps the row minimum, see
+    :func:`_assign_inertia`)."""
     # Data are centred chunk by chunk as they are read (no centred copy of x).
     mean = jnp.mean(x, axis=0)
     c = min(chunk_size, x.shape[0])
@@ -458,14 +469,14 @@ def _fit_impl(key, x, w, tol, init_array, *, k, init, n_init, max_iter, chunk_si
         )  # fmt: skip
 
     if n_init == 1:
-        res = one(key)
+        res, score_sums = one(key)
         res = res._replace(restart_inertia=res.inertia[None], restart_n_iter=res.n_iter[None])
     else:
-        runs = jax.vmap(one, axis_name=_RESTARTS)(jax.random.split(key, n_init))
+        runs, score_sums = jax.vmap(one, axis_name=_RESTARTS)(jax.random.split(key, n_init))
         best = jnp.argmin(runs.inertia)
         res = jax.tree.map(lambda a: a[best], runs)
         res = res._replace(restart_inertia=runs.inertia, restart_n_iter=runs.n_iter)
-    return res._replace(centroids=res.centroids + mean[None])
+    return res._replace(centroids=res.centroids + mean[None]), score_sums
 
 
 _fit_jit = jax.jit(_fit_impl, static_argnames=("k", "init", "n_init", "max_iter", "chunk_size"))
@@ -521,7 +532,7 @@ def fit(
     chunk_size = validation.check_chunk_size(
         chunk_size, auto_chunk_size(x.shape[0], k, x.shape[1], n_init)
     )
-    return _fit_jit(
+    result, _ = _fit_jit(
         key,
         x,
         w,
@@ -533,6 +544,7 @@ def fit(
         max_iter=int(max_iter),
         chunk_size=int(chunk_size),
     )
+    return result
 
 
 def _check_predict_args(x, centroids):
@@ -550,11 +562,13 @@ def _check_predict_args(x, centroids):
 
 @jax.jit(static_argnames=("chunk_size",))
 def _predict(x, centroids, chunk_size):
+    """Labels and best scores; :func:`predict` drops the scores, which are returned only so
+    that XLA materialises the row minimum (see :func:`_assign`): 200k×32, K=32 measured
+    15.2-15.8 ms per call with the labels alone and 9.1-11.6 ms with both (2026-12-05)."""
     mean = jnp.mean(centroids, axis=0)
     c = min(chunk_size, x.shape[0])
     ones = jnp.ones(x.shape[:1], x.dtype)
-    labels, _ = _assign(x, ones, mean, centroids - mean[None], c, with_sums=False)
-    return labels
+    return _assign(x, ones, mean, centroids - mean[None], c, with_sums=False)
 
 
 def predict(x, centroids, *, chunk_size: int | None = None) -> jax.Array:
@@ -578,7 +592,8 @@ def predict(x, centroids, *, chunk_size: int | None = None) -> jax.Array:
     chunk = validation.check_chunk_size(
         chunk_size, auto_chunk_size(x.shape[0], centroids.shape[0], x.shape[1])
     )
-    return _predict(x, centroids, chunk)
+    labels, _ = _predict(x, centroids, chunk)
+    return labels
 
 
 @jax.jit

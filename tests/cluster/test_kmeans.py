@@ -498,3 +498,30 @@ def test_first_argmin_is_numpys_first_index_on_ties_either_side_of_the_unroll_li
     np.testing.assert_array_equal(np.asarray(lab), np.argmin(d2, axis=1))
     np.testing.assert_array_equal(np.asarray(m), d2.min(axis=1))
     assert lab.dtype == jnp.int32
+
+
+@pytest.mark.parametrize("k", [3, kmeans.UNROLLED_ARGMIN_MAX_K + 4])
+def test_predict_and_fit_programs_return_the_rows_best_scores(k):
+    """predict's and fit's jitted programs return the rows' best scores (predict) and their sum
+    (fit's final pass, weighted) beside the labels, so that XLA materialises the row minimum instead of
+    recomputing it inside the argmin's fusion (1.6-2x faster predict at 200k×32, K=32). The
+    scores are ||c_j||²/2 - x·c_j with x and c centred on the centroids' mean (predict) or the
+    data mean (fit): checked against numpy in float64, chunks not dividing n."""
+    rng = np.random.default_rng(k)
+    x = rng.normal(size=(517, 6)).astype(np.float32)
+    c = x[:k] + 0.1
+
+    def best_scores(x, c, shift):
+        xc, cc = x.astype(np.float64) - shift, c.astype(np.float64) - shift
+        return (0.5 * np.sum(cc * cc, axis=1)[None, :] - xc @ cc.T).min(axis=1)
+
+    labels, scores = kmeans._predict(jnp.asarray(x), jnp.asarray(c), 100)
+    np.testing.assert_array_equal(np.asarray(labels), np.asarray(kmeans.predict(x, c)))
+    np.testing.assert_allclose(np.asarray(scores), best_scores(x, c, c.mean(0)), atol=1e-5)
+
+    res, score_sum = kmeans._fit_jit(
+        jax.random.key(0), jnp.asarray(x), jnp.ones(517), jnp.float32(0), None,
+        k=k, init="random", n_init=1, max_iter=5, chunk_size=100,
+    )  # fmt: skip
+    want = best_scores(x, np.asarray(res.centroids), x.mean(0)).sum()
+    np.testing.assert_allclose(float(score_sum), want, rtol=1e-5, atol=1e-3)
