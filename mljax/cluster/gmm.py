@@ -80,6 +80,8 @@ __all__ = [
     "DIAG_SUM_MIN_KD",
     "INITS",
     "KEEP_RESP_ELEMENTS",
+    "MOMENTS_ROWS_MINOR_MAX_CHUNK",
+    "MOMENTS_ROWS_MINOR_MIN_D",
     "RESTART_CHUNK_ELEMENTS",
     "BICSelection",
     "GMMParams",
@@ -114,6 +116,21 @@ RESTART_CHUNK_ELEMENTS = 1 << 20
 100k×16, K=8, 8 restarts: 4,096 (the single-run chunk): 246, 2,048: 199, 1,024 (this budget):
 200, 512: 227; 100k×2, K=4, 8 restarts: 65,536: 53, 16,384 (this budget): 39, 8,192: 36,
 4,096: 38; 200k×32, K=16, 4 restarts: 1,024: 981, 512 (this budget): 972, 256: 984."""
+MOMENTS_ROWS_MINOR_MIN_D = 32
+MOMENTS_ROWS_MINOR_MAX_CHUNK = 1024
+"""With at least ``MOMENTS_ROWS_MINOR_MIN_D`` features, or chunks of at most
+``MOMENTS_ROWS_MINOR_MAX_CHUNK`` rows, the full / tied covariance pass forms the weighted
+differences as ``[k, d, c]`` (rows minor) and multiplies ``[k·d, c] x [c, d]``; otherwise as
+``[c, k, d]``, the product contracting their leading axis (the only form until 2026-12-05).
+Both keep vmapped restarts identical to single runs with the same chunk. Covariance pass, ms,
+``[c, k, d]`` / ``[k, d, c]`` (2026-12-05, quiet, R vmapped restarts): 100k×2, K=4, c=65,536:
+1.1 / 1.1; 100k×16, K=8, c=4,096: 12.7 / 17.3; c=1,024: 19.3 / 18.5; 200k×8, K=16, c=4,096:
+21.2 / 31.4; 100k×32, K=4, c=4,096: 15.9 / 11.2; 200k×32, K=16, c=1,024: 125.8 / 63.6;
+100k×64, K=8, c=1,024: 68.2 / 45.8; 100k×16, K=8, R=8, c=1,024: 91.9 / 38.6; 200k×32, K=16,
+R=4, c=512: 455 / 217. (``[d, c] x [c, k·d]``, the chunk transposed, was fastest at d <= 16
+for one run but breaks the restarts' identity: its product widens with R.)"""
+
+
 DIAG_SUM_MIN_KD = 128
 """From this many component-features ``k·d`` on, the diagonal second moments are one fused
 multiply-and-sum over the chunk's rows; below, a matmul (k <= 32) or a batched einsum.
@@ -270,12 +287,19 @@ def _sq_spherical(x, a, b, k):
 def _moments_matrix(rw, xc, means):
     # sum_n r_nk (x_n - mu_k)(x_n - mu_k)ᵀ = sum_n r_nk (x_n - mu_k) x_nᵀ - e_k mu_kᵀ with
     # e_k = sum_n r_nk (x_n - mu_k) (zero in exact arithmetic; subtracting the computed one
-    # compensates its rounding). One [k*d, c] x [c, d] matmul instead of k batched [d, c] x
-    # [c, d] ones; every difference is still taken from mu_k.
+    # compensates its rounding). One matmul of the weighted differences with the chunk
+    # instead of k batched [d, c] x [c, d] ones; every difference is still taken from mu_k.
     k, d = means.shape
-    u = rw[:, :, None] * (xc[:, None, :] - means[None])  # [c, k, d]
-    e = jnp.sum(u, axis=0)  # [k, d]
-    s = (u.reshape(-1, k * d).T @ xc).reshape(k, d, d)
+    if d >= MOMENTS_ROWS_MINOR_MIN_D or xc.shape[0] <= MOMENTS_ROWS_MINOR_MAX_CHUNK:
+        # Differences as [k, d, c] (rows minor): a plain [k*d, c] x [c, d] product.
+        u = rw.T[:, None, :] * (xc.T[None] - means[:, :, None])
+        e = jnp.sum(u, axis=2)  # [k, d]
+    else:
+        # Differences as [c, k, d]; the product contracts their leading axis.
+        u = rw[:, :, None] * (xc[:, None, :] - means[None])
+        e = jnp.sum(u, axis=0)  # [k, d]
+        u = u.reshape(-1, k * d).T
+    s = (u.reshape(k * d, -1) @ xc).reshape(k, d, d)
     return s - e[:, :, None] * means[:, None, :]
 
 

@@ -758,6 +758,25 @@ def test_restarts_get_a_chunk_whose_block_fits_the_restart_budget():
     )
 
 
+@pytest.mark.parametrize(
+    ("c", "k", "d"),
+    [(300, 4, 2), (gmm.MOMENTS_ROWS_MINOR_MAX_CHUNK + 1, 8, 16),
+     (gmm.MOMENTS_ROWS_MINOR_MAX_CHUNK + 1, 3, gmm.MOMENTS_ROWS_MINOR_MIN_D), (700, 16, 33)],
+)  # fmt: skip
+def test_full_moments_equal_numpy_in_either_layout(x64, c, k, d):
+    """sum_n r_nk (x_n - mu_k)(x_n - mu_k)ᵀ from both layouts of the weighted differences
+    ([k, d, c] for small chunks or many features, [c, k, d] otherwise) equals the float64 numpy
+    sum, with mu_k away from the data's mean (the compensated form must not cancel)."""
+    rng = np.random.default_rng(c + k + d)
+    r = rng.dirichlet(np.ones(k), size=c)
+    x = rng.normal(size=(c, d)) + 3.0
+    mu = rng.normal(size=(k, d))
+    diff = x[:, None, :] - mu[None]
+    want = np.einsum("nk,nkd,nke->kde", r, diff, diff)
+    got = gmm._moments_matrix(jnp.asarray(r), jnp.asarray(x), jnp.asarray(mu))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-11, atol=1e-11 * np.abs(want).max())
+
+
 @pytest.mark.parametrize(("k", "d"), [(4, 2), (8, 8), (8, 16), (16, 32), (40, 4)])
 def test_diagonal_moments_equal_numpy_on_either_side_of_the_fused_sum_limit(x64, k, d):
     """sum_n r_nk (x_nd - mu_kd)² from every form (matmul, einsum, fused sum from
