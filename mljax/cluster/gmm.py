@@ -80,9 +80,9 @@ __all__ = [
     "DIAG_SUM_MIN_KD",
     "INITS",
     "KEEP_RESP_ELEMENTS",
-    "MOMENTS_ROWS_MINOR_MAX_CHUNK",
     "MOMENTS_ROWS_MINOR_MIN_D",
     "RESTART_CHUNK_ELEMENTS",
+    "ROWS_MINOR_MAX_CHUNK",
     "BICSelection",
     "GMMParams",
     "GMMResult",
@@ -116,19 +116,28 @@ RESTART_CHUNK_ELEMENTS = 1 << 20
 100k×16, K=8, 8 restarts: 4,096 (the single-run chunk): 246, 2,048: 199, 1,024 (this budget):
 200, 512: 227; 100k×2, K=4, 8 restarts: 65,536: 53, 16,384 (this budget): 39, 8,192: 36,
 4,096: 38; 200k×32, K=16, 4 restarts: 1,024: 981, 512 (this budget): 972, 256: 984."""
+ROWS_MINOR_MAX_CHUNK = 1024
 MOMENTS_ROWS_MINOR_MIN_D = 32
-MOMENTS_ROWS_MINOR_MAX_CHUNK = 1024
-"""With at least ``MOMENTS_ROWS_MINOR_MIN_D`` features, or chunks of at most
-``MOMENTS_ROWS_MINOR_MAX_CHUNK`` rows, the full / tied covariance pass forms the weighted
-differences as ``[k, d, c]`` (rows minor) and multiplies ``[k·d, c] x [c, d]``; otherwise as
-``[c, k, d]``, the product contracting their leading axis (the only form until 2026-12-05).
-Both keep vmapped restarts identical to single runs with the same chunk. Covariance pass, ms,
-``[c, k, d]`` / ``[k, d, c]`` (2026-12-05, quiet, R vmapped restarts): 100k×2, K=4, c=65,536:
-1.1 / 1.1; 100k×16, K=8, c=4,096: 12.7 / 17.3; c=1,024: 19.3 / 18.5; 200k×8, K=16, c=4,096:
-21.2 / 31.4; 100k×32, K=4, c=4,096: 15.9 / 11.2; 200k×32, K=16, c=1,024: 125.8 / 63.6;
-100k×64, K=8, c=1,024: 68.2 / 45.8; 100k×16, K=8, R=8, c=1,024: 91.9 / 38.6; 200k×32, K=16,
-R=4, c=512: 455 / 217. (``[d, c] x [c, k·d]``, the chunk transposed, was fastest at d <= 16
-for one run but breaks the restarts' identity: its product widens with R.)"""
+"""Layouts of the full-covariance passes (chosen from the chunk and the data's shape only, so
+vmapped restarts stay identical to single runs with the same chunk):
+
+- E-step: chunks of at most ``ROWS_MINOR_MAX_CHUNK`` rows are whitened rows minor,
+  ``[k·d, d] x [d, c]``, larger ones as ``[c, d] x [d, k·d]``. Ms per E-pass (old / rows
+  minor; 2026-12-05, quiet; R vmapped restarts, whose chunks are small): 100k×16, K=8, R=8,
+  c=1,024: 78.9 / 48.2; 200k×32, K=16, R=4, c=512: 333 / 206; 100k×2, K=4, R=8, c=16,384:
+  16.5 / 8.9 (large chunk: kept old); one run 100k×16, K=8, c=4,096: 8.5 / 9.6; 200k×32,
+  K=16, c=1,024: 64.7 / 70.3.
+- Covariance pass (full and tied): with at least ``MOMENTS_ROWS_MINOR_MIN_D`` features or chunks
+  of at most ``ROWS_MINOR_MAX_CHUNK`` rows, the weighted differences are formed as ``[k, d,
+  c]`` and multiplied ``[k·d, c] x [c, d]``; otherwise as ``[c, k, d]``, the product
+  contracting their leading axis (the only form until 2026-12-05, which XLA:CPU ran up to 3x
+  slower). Ms per pass, ``[c, k, d]`` / ``[k, d, c]``: 100k×2, K=4, c=65,536: 1.1 / 1.1;
+  100k×16, K=8, c=4,096: 12.7 / 17.3; c=1,024: 19.3 / 18.5; 200k×8, K=16, c=4,096: 21.2 /
+  31.4; 100k×32, K=4, c=4,096: 15.9 / 11.2; 200k×32, K=16, c=1,024: 125.8 / 63.6; 100k×64,
+  K=8, c=1,024: 68.2 / 45.8; 100k×16, K=8, R=8, c=1,024: 91.9 / 38.6; 200k×32, K=16, R=4,
+  c=512: 455 / 217. (``[d, c] x [c, k·d]``, the chunk transposed, was fastest at d <= 16 for
+  one run but breaks the restarts' identity: its product widens with R.)
+"""
 
 
 DIAG_SUM_MIN_KD = 128
@@ -261,8 +270,12 @@ def _prepare_full(means, p):
 
 
 def _sq_full(x, a, b, k):
-    # One [c, d] x [d, k*d] matmul carries all the work: y_nk = x_n P_k - mu_k P_k.
+    # One matmul carries all the work: y_nk = x_n P_k - mu_k P_k.
     c, d = x.shape
+    if c <= ROWS_MINOR_MAX_CHUNK:
+        # Rows minor, [k*d, d] x [d, c] (see ROWS_MINOR_MAX_CHUNK).
+        y = (a.T @ x.T).reshape(k, d, c) - b[:, :, None]
+        return jnp.sum(y * y, axis=1).T
     y = (x @ a).reshape(c, k, d) - b[None]
     return jnp.sum(y * y, axis=-1)
 
@@ -290,8 +303,9 @@ def _moments_matrix(rw, xc, means):
     # compensates its rounding). One matmul of the weighted differences with the chunk
     # instead of k batched [d, c] x [c, d] ones; every difference is still taken from mu_k.
     k, d = means.shape
-    if d >= MOMENTS_ROWS_MINOR_MIN_D or xc.shape[0] <= MOMENTS_ROWS_MINOR_MAX_CHUNK:
-        # Differences as [k, d, c] (rows minor): a plain [k*d, c] x [c, d] product.
+    if d >= MOMENTS_ROWS_MINOR_MIN_D or xc.shape[0] <= ROWS_MINOR_MAX_CHUNK:
+        # Differences as [k, d, c] (rows minor): a plain [k*d, c] x [c, d] product (see
+        # ROWS_MINOR_MAX_CHUNK).
         u = rw.T[:, None, :] * (xc.T[None] - means[:, :, None])
         e = jnp.sum(u, axis=2)  # [k, d]
     else:

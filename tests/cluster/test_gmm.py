@@ -724,17 +724,23 @@ def test_em_iteration_is_traced_once_per_compiled_fit(monkeypatch):
 def test_restarts_share_one_wide_e_step_product(lowered_text, covariance_type):
     """n_init restarts read each chunk of x once for all of them: the chunk [256, d] meets the
     whitening factors (full) or precisions (diag) of every restart's components, stacked as
-    [R, d, ·], in one dot_general, and no product batches x per restart."""
+    [R, d, ·], in one dot_general, and no product batches x per restart. (Full fits with chunks
+    of <= ROWS_MINOR_MAX_CHUNK rows multiply the transposed pair: [R, K·d, d] x
+    [d, 256].)"""
     x = np.random.default_rng(0).normal(size=(600, 2)).astype(np.float32)
     lowered = lowered_text(gmm, "_fit_jit")
     gmm.fit(jax.random.key(0), x, 3, covariance_type=covariance_type, init="random_from_data",
             n_init=4, max_iter=2, chunk_size=256)  # fmt: skip
     dots = [ln for ln in lowered["text"].splitlines() if "dot_general" in ln]
-    chunk_rows = [ln for ln in dots if "(tensor<256x2xf32>, tensor<4x2x" in ln]
     # full: one [d, K·d] whitening product per restart, stacked; diag: x and x² against the
     # [d, K] precisions.
     width = 6 if covariance_type == "full" else 3
-    assert chunk_rows and all(f"-> tensor<256x4x{width}xf32>" in ln for ln in chunk_rows)
+    if covariance_type == "full":
+        chunk_rows = [ln for ln in dots if f"(tensor<4x{width}x2xf32>, tensor<2x256xf32>)" in ln]
+        assert chunk_rows and all(f"-> tensor<4x{width}x256xf32>" in ln for ln in chunk_rows)
+    else:
+        chunk_rows = [ln for ln in dots if "(tensor<256x2xf32>, tensor<4x2x" in ln]
+        assert chunk_rows and all(f"-> tensor<256x4x{width}xf32>" in ln for ln in chunk_rows)
     assert not any("batching_dims" in ln and "tensor<4x256x2xf32>" in ln for ln in dots)
 
 
@@ -758,10 +764,26 @@ def test_restarts_get_a_chunk_whose_block_fits_the_restart_budget():
     )
 
 
+@pytest.mark.parametrize("c", [300, gmm.ROWS_MINOR_MAX_CHUNK + 1])
+def test_full_mahalanobis_equals_numpy_in_either_layout(x64, c):
+    """The E-step's squared Mahalanobis distances ||(x_n - mu_k)ᵀ P_k||², whitened rows minor
+    (chunks of <= ROWS_MINOR_MAX_CHUNK rows) or rows major, equal float64 numpy's."""
+    k, d = 5, 4
+    rng = np.random.default_rng(c)
+    x = rng.normal(size=(c, d))
+    mu = rng.normal(size=(k, d))
+    p = np.tril(rng.normal(size=(k, d, d))) + 3 * np.eye(d)
+    want = np.einsum("nkd,kde->nke", x[:, None, :] - mu[None], p)
+    want = np.sum(want**2, axis=-1)
+    a, b = gmm._prepare_full(jnp.asarray(mu), jnp.asarray(p))
+    got = gmm._sq_full(jnp.asarray(x), a, b, k)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-11)
+
+
 @pytest.mark.parametrize(
     ("c", "k", "d"),
-    [(300, 4, 2), (gmm.MOMENTS_ROWS_MINOR_MAX_CHUNK + 1, 8, 16),
-     (gmm.MOMENTS_ROWS_MINOR_MAX_CHUNK + 1, 3, gmm.MOMENTS_ROWS_MINOR_MIN_D), (700, 16, 33)],
+    [(300, 4, 2), (gmm.ROWS_MINOR_MAX_CHUNK + 1, 8, 16),
+     (gmm.ROWS_MINOR_MAX_CHUNK + 1, 3, gmm.MOMENTS_ROWS_MINOR_MIN_D), (700, 16, 33)],
 )  # fmt: skip
 def test_full_moments_equal_numpy_in_either_layout(x64, c, k, d):
     """sum_n r_nk (x_n - mu_k)(x_n - mu_k)ᵀ from both layouts of the weighted differences
