@@ -288,8 +288,10 @@ def _sq_tied(x, a, b, k):
 def _sq_diag(x, a, b, k):
     # sum_d prec_kd (x_d - mu_kd)² expanded into two matmuls (data and means are centred, which
     # keeps the cancellation small); clamped at 0 against rounding. a = P², b = means.
-    sq = (x * x) @ a.T - 2.0 * x @ (b * a).T
-    return jnp.maximum(sq + jnp.sum(b * b * a, axis=1)[None], 0.0)
+    # Rows minor ([k, d] x [d, c], then transposed): E-pass at 200k×32, K=16, chunk 2,048
+    # 34.7 -> 22.2 ms against [c, d] x [d, k] (2026-12-05; EM iteration 66 -> 48 ms).
+    sq = a @ (x * x).T - 2.0 * (b * a) @ x.T
+    return jnp.maximum(sq + jnp.sum(b * b * a, axis=1)[:, None], 0.0).T
 
 
 def _sq_spherical(x, a, b, k):

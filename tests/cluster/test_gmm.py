@@ -724,23 +724,18 @@ def test_em_iteration_is_traced_once_per_compiled_fit(monkeypatch):
 def test_restarts_share_one_wide_e_step_product(lowered_text, covariance_type):
     """n_init restarts read each chunk of x once for all of them: the chunk [256, d] meets the
     whitening factors (full) or precisions (diag) of every restart's components, stacked as
-    [R, d, ·], in one dot_general, and no product batches x per restart. (Full fits with chunks
-    of <= ROWS_MINOR_MAX_CHUNK rows multiply the transposed pair: [R, K·d, d] x
-    [d, 256].)"""
+    [R, ·, d], in one dot_general against the transposed chunk [d, 256] (rows minor), and no
+    product batches x per restart."""
     x = np.random.default_rng(0).normal(size=(600, 2)).astype(np.float32)
     lowered = lowered_text(gmm, "_fit_jit")
     gmm.fit(jax.random.key(0), x, 3, covariance_type=covariance_type, init="random_from_data",
             n_init=4, max_iter=2, chunk_size=256)  # fmt: skip
     dots = [ln for ln in lowered["text"].splitlines() if "dot_general" in ln]
-    # full: one [d, K·d] whitening product per restart, stacked; diag: x and x² against the
-    # [d, K] precisions.
+    # full: one [K·d, d] whitening product per restart, stacked; diag: [K, d] precisions
+    # against x and x², all against the transposed chunk [d, 256].
     width = 6 if covariance_type == "full" else 3
-    if covariance_type == "full":
-        chunk_rows = [ln for ln in dots if f"(tensor<4x{width}x2xf32>, tensor<2x256xf32>)" in ln]
-        assert chunk_rows and all(f"-> tensor<4x{width}x256xf32>" in ln for ln in chunk_rows)
-    else:
-        chunk_rows = [ln for ln in dots if "(tensor<256x2xf32>, tensor<4x2x" in ln]
-        assert chunk_rows and all(f"-> tensor<256x4x{width}xf32>" in ln for ln in chunk_rows)
+    chunk_rows = [ln for ln in dots if f"(tensor<4x{width}x2xf32>, tensor<2x256xf32>)" in ln]
+    assert chunk_rows and all(f"-> tensor<4x{width}x256xf32>" in ln for ln in chunk_rows)
     assert not any("batching_dims" in ln and "tensor<4x256x2xf32>" in ln for ln in dots)
 
 
