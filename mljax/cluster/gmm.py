@@ -83,6 +83,7 @@ __all__ = [
     "MOMENTS_ROWS_MINOR_MIN_D",
     "RESTART_CHUNK_ELEMENTS",
     "ROWS_MINOR_MAX_CHUNK",
+    "SMALL_FULL_MAX_KD",
     "BICSelection",
     "GMMParams",
     "GMMResult",
@@ -116,6 +117,15 @@ RESTART_CHUNK_ELEMENTS = 1 << 20
 100k×16, K=8, 8 restarts: 4,096 (the single-run chunk): 246, 2,048: 199, 1,024 (this budget):
 200, 512: 227; 100k×2, K=4, 8 restarts: 65,536: 53, 16,384 (this budget): 39, 8,192: 36,
 4,096: 38; 200k×32, K=16, 4 restarts: 1,024: 981, 512 (this budget): 972, 256: 984."""
+SMALL_FULL_MAX_KD = 32
+"""Full-covariance fits of at most this many component-features ``k·d`` take chunks of
+:data:`ROWS_MINOR_MAX_CHUNK` rows (both passes then run rows minor) instead of the element
+budget's tens of thousands. Ms per EM iteration, 1,024 rows / the budget's chunk (2026-12-06,
+quiet): 100k×2, K=4: 2.8 / 5.3 (65,536 rows); 200k×2, K=4: 5.9 / 11.5; 100k×2, K=8: 5.2 / 8.1;
+100k×4, K=4: 4.1 / 9.1; 100k×4, K=8: 8.7 / 8.8; 100k×8, K=4: 8.3 / 18.2. From k·d = 64 the
+budget's chunk is faster (100k×8, K=8: 18.8 / 13.3; 100k×16, K=4: 24.5 / 17.0), and tied,
+diagonal and spherical fits of 100k×2, K=4 were not faster with small chunks."""
+
 ROWS_MINOR_MAX_CHUNK = 1024
 MOMENTS_ROWS_MINOR_MIN_D = 32
 """Layouts of the full-covariance passes (chosen from the chunk and the data's shape only, so
@@ -503,12 +513,15 @@ def auto_chunk_size(
     ``n`` points of ``d`` features, ``k`` components and ``restarts`` vmapped restarts:
     ``[chunk, k·d]`` within :data:`CHUNK_ELEMENTS` for one run (twice that
     for diagonal covariances from :data:`DIAG_SUM_MIN_KD` on, whose passes form no
-    ``[chunk, k, d]`` array); vmapped restarts share each chunk and their
+    ``[chunk, k, d]`` array; :data:`ROWS_MINOR_MAX_CHUNK` rows for full covariances of at most
+    :data:`SMALL_FULL_MAX_KD` component-features); vmapped restarts share each chunk and their
     ``[chunk, restarts·k·d]`` block is held to :data:`RESTART_CHUNK_ELEMENTS`."""
     if restarts > 1:
         budget = RESTART_CHUNK_ELEMENTS // max(restarts * k * d, 1)
     elif covariance_type == "diag" and k * d >= DIAG_SUM_MIN_KD:
         budget = 2 * CHUNK_ELEMENTS // max(k * d, 1)
+    elif covariance_type == "full" and k * d <= SMALL_FULL_MAX_KD:
+        budget = ROWS_MINOR_MAX_CHUNK
     else:
         budget = CHUNK_ELEMENTS // max(k * d, 1)
     return int(max(64, min(n, budget)))

@@ -753,7 +753,14 @@ def test_restarts_get_a_chunk_whose_block_fits_the_restart_budget():
     # take twice the single-run budget; below it, and with restarts, the usual rules.
     assert gmm.auto_chunk_size(200_000, 16, 32, 1, "diag") == 2048
     assert gmm.auto_chunk_size(200_000, 16, 32, 1, "full") == 1024
-    assert gmm.auto_chunk_size(200_000, 4, 2, 1, "diag") == gmm.auto_chunk_size(200_000, 4, 2)
+    assert gmm.auto_chunk_size(200_000, 4, 2, 1, "diag") == gmm.auto_chunk_size(
+        200_000, 4, 2, 1, "tied"
+    )
+    # Full fits of at most SMALL_FULL_MAX_KD component-features take small, rows-minor chunks.
+    assert gmm.auto_chunk_size(200_000, 4, 2) == gmm.ROWS_MINOR_MAX_CHUNK
+    assert gmm.auto_chunk_size(200_000, 4, 8) == gmm.ROWS_MINOR_MAX_CHUNK
+    assert gmm.auto_chunk_size(200_000, 8, 8) == (1 << 19) // 64
+    assert gmm.auto_chunk_size(500, 4, 2) == 500
     assert gmm.auto_chunk_size(200_000, 16, 32, 8, "diag") == gmm.auto_chunk_size(
         200_000, 16, 32, 8
     )
