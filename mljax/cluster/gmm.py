@@ -117,6 +117,7 @@ RESTART_CHUNK_ELEMENTS = 1 << 20
 100k×16, K=8, 8 restarts: 4,096 (the single-run chunk): 246, 2,048: 199, 1,024 (this budget):
 200, 512: 227; 100k×2, K=4, 8 restarts: 65,536: 53, 16,384 (this budget): 39, 8,192: 36,
 4,096: 38; 200k×32, K=16, 4 restarts: 1,024: 981, 512 (this budget): 972, 256: 984."""
+
 SMALL_FULL_MAX_KD = 32
 """Full-covariance fits of at most this many component-features ``k·d`` take chunks of
 :data:`ROWS_MINOR_MAX_CHUNK` rows (both passes then run rows minor) instead of the element
@@ -126,7 +127,10 @@ quiet): 100k×2, K=4: 2.8 / 5.3 (65,536 rows); 200k×2, K=4: 5.9 / 11.5; 100k×2
 budget's chunk is faster (100k×8, K=8: 18.8 / 13.3; 100k×16, K=4: 24.5 / 17.0), and tied,
 diagonal and spherical fits of 100k×2, K=4 were not faster with small chunks."""
 
+
 ROWS_MINOR_MAX_CHUNK = 1024
+"""Chunks of at most this many rows run the full-covariance passes rows minor (below)."""
+
 MOMENTS_ROWS_MINOR_MIN_D = 32
 """Layouts of the full-covariance passes (chosen from the chunk and the data's shape only, so
 vmapped restarts stay identical to single runs with the same chunk):
@@ -320,12 +324,13 @@ def _moments_matrix(rw, xc, means):
         # ROWS_MINOR_MAX_CHUNK).
         u = rw.T[:, None, :] * (xc.T[None] - means[:, :, None])
         e = jnp.sum(u, axis=2)  # [k, d]
+        u_kd = u.reshape(k * d, -1)
     else:
         # Differences as [c, k, d]; the product contracts their leading axis.
         u = rw[:, :, None] * (xc[:, None, :] - means[None])
         e = jnp.sum(u, axis=0)  # [k, d]
-        u = u.reshape(-1, k * d).T
-    s = (u.reshape(k * d, -1) @ xc).reshape(k, d, d)
+        u_kd = u.reshape(-1, k * d).T
+    s = (u_kd @ xc).reshape(k, d, d)
     return s - e[:, :, None] * means[:, None, :]
 
 

@@ -502,10 +502,10 @@ def test_first_argmin_is_numpys_first_index_on_ties_either_side_of_the_unroll_li
 
 @pytest.mark.parametrize("k", [3, kmeans.UNROLLED_ARGMIN_MAX_K + 4])
 def test_predict_and_fit_programs_return_the_rows_best_scores(k):
-    """predict's and fit's jitted programs return the rows' best scores (predict) and their sum
-    (fit's final pass, weighted) beside the labels, so that XLA materialises the row minimum instead of
-    recomputing it inside the argmin's fusion (1.6-2x faster predict at 200k×32, K=32). The
-    scores are ||c_j||²/2 - x·c_j with x and c centred on the centroids' mean (predict) or the
+    """predict's and fit's jitted programs return the rows' best scores (predict) and their
+    weighted sum (fit's final pass) beside the labels, so that XLA materialises the row minimum
+    instead of recomputing it inside the argmin's fusion (1.6-2x faster predict at 200k×32,
+    K=32). The scores are ||c_j||²/2 - x·c_j with x and c centred on the centroids' mean (predict) or the
     data mean (fit): checked against numpy in float64, chunks not dividing n."""
     rng = np.random.default_rng(k)
     x = rng.normal(size=(517, 6)).astype(np.float32)
