@@ -7,12 +7,19 @@ apart (first call minus a warm call). Agreement: relative inertia difference.
 The n_init = 8 case times 8 restarts (ours vmapped; scikit-learn's n_init loop) per iteration.
 
     python -m benchmarks.kmeans [--quick] [--out FILE] [--repeats N] [--case SUBSTRING ...]
-                                [--chunks ROWS ...]
+                                [--chunks ROWS ...] [--parts]
 
 ``--chunks`` also times our iteration at each given chunk size (rows read per pass of the
 chunked loop; 0 is the default, :func:`mljax.cluster.kmeans.auto_chunk_size`) for every
 single-restart case: the "ms per iteration against chunk size" table of benchmarks/README.md,
 with each chunk's size in bytes against the L2 cache size the OS reports.
+
+``--parts`` also times the parts of our assignment pass, one added at a time, at the default
+chunk, for every single-restart case: the distance product alone (each chunk's ``[c, k]``
+product, summed so it is used), then its row minimum, then the first-index argmin (labels), then
+the whole pass with the cluster sums (``kmeans._assign``), against the time per iteration that
+the ``TARGET_RATIO`` (#14: 1.5x scikit-learn) allows, and, with the product alone unchunked,
+the lower bound that the product puts on any of our iterations.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from sklearn.cluster import KMeans
 from benchmarks._cli import parse_or_none, select_cases, write_rows
 from benchmarks.peak import matmul_peak_gflops, memory_bandwidth_gbs
 from mljax.cluster import kmeans
+from mljax.cluster._chunks import fold_chunks, put_rows
 from mljax.experiment import markdown_table
 from mljax.malloc_tuning import tune_for_command_line
 
@@ -41,6 +49,8 @@ CASES = [
     ("n_init=8, 200k×32 K=32", 200_000, 32, 32, 10, 8),
 ]
 QUICK_CASES = [("2k×4 K=3", 2000, 4, 3, 5, 1), ("n_init=2, 2k×4 K=3", 2000, 4, 3, 5, 2)]
+TARGET_RATIO = 1.5
+"""#14's target for one run: scikit-learn's time per iteration / ours (``--parts`` compares)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +71,9 @@ class Config:
 
     chunks: tuple[int, ...] = ()
     """Also time our Lloyd iteration at these chunk sizes (rows; 0 = the default chunk) for every single-restart case (default: none)."""
+
+    parts: bool = False
+    """Also time the parts of our assignment pass (distance product, row minimum, argmin, cluster sums) for every single-restart case, against the time the 1.5x target allows."""
 
     def validate(self) -> None:
         if self.repeats < 1:
@@ -130,6 +143,64 @@ def chunk_rows_case(name, n, d, k, iters, chunks, repeats):
             "x_chunk_bytes": x_bytes, "dist_chunk_bytes": c * k * x.itemsize,
             "l2_bytes": l2, "ours_s": per,
         })  # fmt: skip
+    return rows
+
+
+def pass_parts(x, centroids, chunk):
+    """Jitted functions of ``x`` for the parts of our assignment pass, each adding one part to
+    the previous (name, fn); chunk 0: the product unchunked."""
+    n = x.shape[0]
+    w = jax.numpy.ones((n,), x.dtype)
+    mean = jax.numpy.mean(x, axis=0)
+    cen = centroids - mean[None]
+    half = 0.5 * jax.numpy.sum(cen * cen, axis=1)
+    c = min(chunk, n)
+
+    def product(x):
+        if chunk == 0:
+            return jax.numpy.sum((x - mean[None]) @ cen.T)
+        return fold_chunks(x, w, mean, c, lambda a, xc, wc, st: a + wc @ (xc @ cen.T).sum(1),
+                           jax.numpy.zeros((), x.dtype))  # fmt: skip
+
+    def row_min(x):
+        def body(out, xc, wc, st):
+            return put_rows(out, st, jax.numpy.min(kmeans._scores(xc, cen, half), axis=1))
+
+        return fold_chunks(x, w, mean, c, body, jax.numpy.zeros((n,), x.dtype))
+
+    def argmin(x):
+        def body(out, xc, wc, st):
+            lab, m = kmeans._first_argmin(kmeans._scores(xc, cen, half))
+            return put_rows(out[0], st, lab), put_rows(out[1], st, m)
+
+        init = (jax.numpy.zeros((n,), jax.numpy.int32), jax.numpy.zeros((n,), x.dtype))
+        return fold_chunks(x, w, mean, c, body, init)
+
+    def with_sums(x):
+        return kmeans._assign(x, w, mean, cen, c, with_sums=True)
+
+    fns = [("product", product)] if chunk == 0 else [
+        ("product", product), ("+ row minimum", row_min), ("+ argmin (labels)", argmin),
+        ("+ cluster sums (whole pass)", with_sums),
+    ]  # fmt: skip
+    return [(name, jax.jit(fn)) for name, fn in fns]
+
+
+def parts_case(name, n, d, k, sk_s, repeats):
+    """ms of each part of our assignment pass (default chunk, and the product unchunked)."""
+    x = jax.numpy.asarray(_data(n, d, k))
+    c0 = x[np.random.default_rng(1).choice(n, k, replace=False)]
+    chunk = kmeans.auto_chunk_size(n, k, d)
+    rows = []
+    for rows_per_chunk in (chunk, 0):
+        for part, fn in pass_parts(x, c0, rows_per_chunk):
+            jax.block_until_ready(fn(x))
+            t = _best_time(lambda fn=fn: jax.block_until_ready(fn(x)), max(repeats, 5))
+            rows.append({
+                "case": name, "part": part, "chunk_rows": rows_per_chunk or n, "ours_s": t,
+                "product_gflops": 2 * n * d * k / t / 1e9 if part == "product" else None,
+                "anchor_s": sk_s, "target_s": sk_s / TARGET_RATIO,
+            })  # fmt: skip
     return rows
 
 
@@ -234,6 +305,25 @@ def main(argv: Sequence[str] | None = None) -> int:
               _mib(r["dist_chunk_bytes"]), f"{1e3 * r['ours_s']:.2f}"] for r in chunk_rows],
         )))  # fmt: skip
         rows = rows + chunk_rows
+    if config.parts:
+        cases = config.cases()
+        part_rows = [
+            row
+            for (name, n, d, k, iters, n_init), r in zip(cases, rows[: len(cases)], strict=True)
+            if n_init == 1
+            for row in parts_case(name, n, d, k, r["anchor_s"], repeats)
+        ]
+        print(
+            f"\nParts of our assignment pass, ms (each adds one part; the {TARGET_RATIO}x target "
+            "allows scikit-learn's ms/it / 1.5 for a whole iteration)"
+        )
+        print("\n".join(markdown_table(
+            ["case", "part", "chunk rows", "ms", "product GFLOP/s (peak)", "target ms/it"],
+            [[r["case"], r["part"], f"{r['chunk_rows']}", f"{1e3 * r['ours_s']:.2f}",
+              f"{r['product_gflops']:.0f} ({peak:.0f})" if r["product_gflops"] else "",
+              f"{1e3 * r['target_s']:.2f}"] for r in part_rows],
+        )))  # fmt: skip
+        rows = rows + part_rows
     write_rows(rows, config.out, "kmeans")
     return 0
 

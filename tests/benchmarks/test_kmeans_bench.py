@@ -68,3 +68,50 @@ def test_chunks_table_times_each_chunk_size(tmp_path, capsys):
 def test_negative_chunk_is_refused(capsys):
     assert bench.main(["--chunks", "-5"]) == 2
     assert "--chunks must be >= 0" in capsys.readouterr().err
+
+
+def test_pass_parts_compute_what_they_name():
+    """The --parts functions, chunked (256 rows, not dividing n) and not: the product's sum, the
+    row minima, the labels and the cluster sums against numpy on the centred data."""
+    x = bench._data(1000, 4, 3)
+    c0 = x[[3, 500, 900]]
+    x64 = x.astype(np.float64)
+    xc, cc = x64 - x64.mean(0), c0 - x64.mean(0)
+    scores = 0.5 * np.sum(cc**2, 1)[None] - xc @ cc.T
+    labels = np.argmin(((x[:, None] - c0[None]) ** 2).sum(-1), axis=1)
+    for chunk in (256, 0):
+        parts = dict(bench.pass_parts(x, c0, chunk))
+        prod = xc @ cc.T  # each row once (the shifted last chunk's repeats have weight 0)
+        np.testing.assert_allclose(
+            float(parts["product"](x)), prod.sum(), atol=1e-5 * abs(prod).sum()
+        )
+        if chunk == 0:
+            assert list(parts) == ["product"]
+            continue
+        np.testing.assert_allclose(np.asarray(parts["+ row minimum"](x)), scores.min(1), atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(parts["+ argmin (labels)"](x)[0]), labels)
+        lab, _, sums, weights = parts["+ cluster sums (whole pass)"](x)
+        np.testing.assert_array_equal(np.asarray(lab), labels)
+        want = np.stack([xc[labels == j].sum(0) for j in range(3)])
+        np.testing.assert_allclose(np.asarray(sums), want, rtol=1e-4, atol=1e-3)
+        np.testing.assert_array_equal(np.asarray(weights), np.bincount(labels, minlength=3))
+
+
+@pytest.mark.slow
+def test_parts_table_rows(tmp_path, capsys):
+    """--parts: four chunked parts and the unchunked product for the single-restart quick case,
+    each against scikit-learn's time of that case's row / 1.5."""
+    out = tmp_path / "k.json"
+    rc, _ = timed_main(bench.main, ["--quick", "--case", "2k×4 K=3", "--parts", "--out", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    case, parts = rows[0], [r for r in rows if "part" in r]
+    assert [r["part"] for r in parts] == [
+        "product", "+ row minimum", "+ argmin (labels)", "+ cluster sums (whole pass)", "product",
+    ]  # fmt: skip
+    assert [r["chunk_rows"] for r in parts] == [2000] * 5  # the default chunk is all 2,000 rows
+    for r in parts:
+        np.testing.assert_allclose(r["target_s"], case["anchor_s"] / 1.5, rtol=1e-12)
+        if r["part"] == "product":  # 2·2000·4·3 flops
+            np.testing.assert_allclose(r["product_gflops"] * r["ours_s"] * 1e9, 48_000, rtol=1e-9)
+    assert "Parts of our assignment pass" in capsys.readouterr().out
