@@ -205,8 +205,9 @@ def parts_case(name, n, d, k, sk_s, repeats):
 
 
 def matmul_flops(n, d, k):
-    """Matmul flops of one of our Lloyd iterations: the distance matmul, plus the one-hot
-    matmul of the cluster sums for wide rows (narrow rows use a scatter-add)."""
+    """Matmul flops of one of our Lloyd iterations: the distance product (a matmul, or as many
+    elementwise multiply-adds up to ``kmeans.ELEMENTWISE_SCORES_MAX_D`` features), plus the
+    one-hot matmul of the cluster sums for wide rows (narrow rows use a scatter-add)."""
     return 2 * n * d * k * (2 if d >= kmeans.SCATTER_MAX_D else 1)
 
 

@@ -47,6 +47,7 @@ from mljax.cluster._chunks import fold_chunks, put_rows
 __all__ = [
     "CHUNK_ELEMENTS",
     "CHUNK_X_ELEMENTS",
+    "ELEMENTWISE_SCORES_MAX_D",
     "INITS",
     "RESTART_CHUNK_ELEMENTS",
     "SCATTER_MAX_D",
@@ -214,10 +215,24 @@ def _first_argmin(d2):
     return lab.astype(jnp.int32), m
 
 
+ELEMENTWISE_SCORES_MAX_D = 4
+"""Up to this many features, :func:`_scores` forms ``x·c_j`` elementwise (``d`` multiply-adds
+per score, which XLA fuses with the argmin that consumes them: the ``[c, k]`` block is never
+written) instead of by a matmul. Measured ms per Lloyd iteration at 200k rows, matmul /
+elementwise (2026-12-06, quiet): d=2, K=8: 1.01 / 0.67; d=2, K=16: 2.43 / 1.68; d=2, K=32:
+4.24 / 1.99; d=4, K=8: 1.12 / 0.67; d=4, K=16: 2.75 / 1.77; d=8, K=8: 1.71 / 1.97."""
+
+
 def _scores(xc, centroids, half_cc):
     """``[c, k]`` scores ``||c_j||²/2 - x·c_j``: half the squared distances less the row's own
     ``||x||²``, which does not change the argmin (scikit-learn's Lloyd assigns with
     ``||c_j||² - 2 x·c_j``, exactly twice these: halving is exact in binary)."""
+    d = xc.shape[1]
+    if d <= ELEMENTWISE_SCORES_MAX_D:
+        s = half_cc[None, :]
+        for i in range(d):
+            s = s - xc[:, i : i + 1] * centroids[None, :, i]
+        return s
     return half_cc[None, :] - xc @ centroids.T
 
 

@@ -478,13 +478,38 @@ def test_restarts_share_one_wide_distance_product(lowered_text):
     """n_init restarts read each chunk of x once for all of them: in the lowered program the
     chunk [256, d] meets the stacked centroids of every restart [R, d, k] in one dot_general
     ([256, R, k] out), and no product batches x per restart."""
-    x = np.random.default_rng(0).normal(size=(600, 4)).astype(np.float32)
+    d = kmeans.ELEMENTWISE_SCORES_MAX_D + 1  # the smallest d whose scores are a matmul
+    x = np.random.default_rng(0).normal(size=(600, d)).astype(np.float32)
     lowered = lowered_text(kmeans, "_fit_jit")
     kmeans.fit(jax.random.key(0), x, 3, init="random", n_init=4, max_iter=2, chunk_size=256)
     dots = [ln for ln in lowered["text"].splitlines() if "dot_general" in ln]
-    with_chunk = [ln for ln in dots if "tensor<256x4xf32>" in ln]
+    with_chunk = [ln for ln in dots if f"tensor<256x{d}xf32>" in ln]
     assert with_chunk and not any("batching_dims" in ln for ln in with_chunk)
     assert any(ln.rstrip().endswith("-> tensor<256x4x3xf32>") for ln in with_chunk)
+
+
+def test_narrow_rows_score_without_a_matmul(lowered_text):
+    """Up to ELEMENTWISE_SCORES_MAX_D features the scores are elementwise multiply-adds: no
+    dot_general touches a chunk of x in the lowered fit (restarts included)."""
+    d = kmeans.ELEMENTWISE_SCORES_MAX_D
+    x = np.random.default_rng(0).normal(size=(600, d)).astype(np.float32)
+    lowered = lowered_text(kmeans, "_fit_jit")
+    kmeans.fit(jax.random.key(0), x, 3, init="random", n_init=4, max_iter=2, chunk_size=256)
+    dots = [ln for ln in lowered["text"].splitlines() if "dot_general" in ln]
+    assert not any(f"tensor<256x{d}xf32>" in ln for ln in dots)
+
+
+@pytest.mark.parametrize("d", [1, 2, kmeans.ELEMENTWISE_SCORES_MAX_D, 5, 32])
+def test_scores_equal_numpy_either_side_of_the_elementwise_limit(x64, d):
+    """||c_j||²/2 - x·c_j, elementwise (d <= ELEMENTWISE_SCORES_MAX_D) or by a matmul, equals
+    float64 numpy's, also vmapped over stacked centroids as the restarts run it."""
+    rng = np.random.default_rng(d)
+    x, c = rng.normal(size=(300, d)), rng.normal(size=(3, 7, d))
+    half = 0.5 * np.sum(c**2, axis=-1)
+    want = half[:, None, :] - np.einsum("nd,rkd->rnk", x, c)
+    scores = jax.jit(jax.vmap(kmeans._scores, in_axes=(None, 0, 0)))
+    got = scores(jnp.asarray(x), jnp.asarray(c), jnp.asarray(half))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
