@@ -16,7 +16,8 @@ with each chunk's size in bytes against the L2 cache size the OS reports.
 
 ``--parts`` also times the parts of our assignment pass, one added at a time, at the default
 chunk, for every single-restart case: the distance product alone (each chunk's ``[c, k]``
-product, summed so it is used), then its row minimum, then the first-index argmin (labels), then
+scores ``||c_j||²/2 - x·c_j``, a matmul or elementwise for narrow rows, summed so they are
+used), then their row minimum, then the first-index argmin (labels), then
 the whole pass with the cluster sums (``kmeans._assign``), against the time per iteration that
 the ``TARGET_RATIO`` (#14: 1.5x scikit-learn) allows, and, with the product alone unchunked,
 the lower bound that the product puts on any of our iterations.
@@ -156,11 +157,13 @@ def pass_parts(x, centroids, chunk):
     half = 0.5 * jax.numpy.sum(cen * cen, axis=1)
     c = min(chunk, n)
 
-    def product(x):
+    def product(x):  # the scores (a matmul, or elementwise for narrow rows), summed
         if chunk == 0:
-            return jax.numpy.sum((x - mean[None]) @ cen.T)
-        return fold_chunks(x, w, mean, c, lambda a, xc, wc, st: a + wc @ (xc @ cen.T).sum(1),
-                           jax.numpy.zeros((), x.dtype))  # fmt: skip
+            return jax.numpy.sum(kmeans._scores(x - mean[None], cen, half))
+        return fold_chunks(
+            x, w, mean, c, lambda a, xc, wc, st: a + wc @ kmeans._scores(xc, cen, half).sum(1),
+            jax.numpy.zeros((), x.dtype),
+        )  # fmt: skip
 
     def row_min(x):
         def body(out, xc, wc, st):
