@@ -312,8 +312,13 @@ def _sq_diag(x, a, b, k):
     # keeps the cancellation small); clamped at 0 against rounding. a = P², b = means.
     # Rows minor ([k, d] x [d, c], then transposed): E-pass at 200k×32, K=16, chunk 2,048
     # 34.7 -> 22.2 ms against [c, d] x [d, k] (2026-12-05; EM iteration 66 -> 48 ms).
+    return _sq_diag_t(x, a, b, k).T
+
+
+def _sq_diag_t(x, a, b, k):
+    # _sq_diag as [k, c].
     sq = a @ (x * x).T - 2.0 * (b * a) @ x.T
-    return jnp.maximum(sq + jnp.sum(b * b * a, axis=1)[:, None], 0.0).T
+    return jnp.maximum(sq + jnp.sum(b * b * a, axis=1)[:, None], 0.0)
 
 
 def _sq_spherical(x, a, b, k):
@@ -439,10 +444,12 @@ _COVARIANCES: dict[str, _CovOps] = {
         log_det=lambda p, d: jnp.sum(jnp.log(p), axis=-1),
         prepare=lambda means, p: (p * p, means),
         sq_mahalanobis=_sq_diag,
-        sq_mahalanobis_t=None,
+        sq_mahalanobis_t=_sq_diag_t,
         moments_shape=lambda k, d: (k, d),
         moments=_moments_diagonal,
-        moments_t=None,
+        # The responsibilities turned back to [c, k]: the fused sum over [k, d, c] instead
+        # measured slower (diag 200k×32, K=16: 80-86 against 45-47 ms per EM iteration).
+        moments_t=lambda rw_t, xc, means: _moments_diagonal(rw_t.T, xc, means),
         covariances=lambda acc, nk, reg: acc / nk[:, None] + reg,
         floor=_floor_vector,
         diagonal=lambda v, k, d: jnp.broadcast_to(v, (k, d)),
@@ -586,13 +593,17 @@ def _prepare(params: GMMParams, ops: _CovOps) -> _Prepared:
 
 def _components_major(ops: _CovOps, c: int) -> bool:
     """Whether :func:`fit`'s passes over chunks of ``c`` rows hold the responsibilities as
-    ``[k, c]`` (and keep them as ``[k, n]``) instead of ``[c, k]``: for the types whose
-    Mahalanobis term and second moments are computed rows minor at that chunk (full
-    covariance, ``c <= ROWS_MINOR_MAX_CHUNK``), which then need no transposes. Ms per EM
-    iteration, ``[c, k]`` / ``[k, c]`` (2026-12-06, quiet, two runs each): 8 vmapped restarts,
-    100k×16, K=8, c=1,024: 131-141 / 98-105; 100k×2, K=4, c=1,024: 3.25-3.82 / 2.72-2.79;
-    200k×32, K=16, c=1,024: 184-189 / 167-186."""
-    return ops.sq_mahalanobis_t is not None and c <= ROWS_MINOR_MAX_CHUNK
+    ``[k, c]`` (and keep them as ``[k, n]``) instead of ``[c, k]``: where the Mahalanobis term
+    is computed rows minor (full covariance with ``c <= ROWS_MINOR_MAX_CHUNK``, whose second
+    moments are rows minor too; diagonal covariance at any chunk), so that the E-step needs no
+    transpose. Ms per EM iteration, ``[c, k]`` / ``[k, c]`` (2026-12-06, quiet, two runs each):
+    full, 8 vmapped restarts, 100k×16, K=8, c=1,024: 131-141 / 98-105; full 100k×2, K=4,
+    c=1,024: 3.25-3.82 / 2.72-2.79; full 200k×32, K=16, c=1,024: 184-189 / 167-186; diag
+    (random_from_data init included) 100k×2, K=4: 6.2-8.0 / 6.0-7.1; 100k×16, K=8: 13.6-15.3 /
+    12.3-12.9; 200k×32, K=16: 49.6-49.8 / 46.5-47.2; 100k×64, K=8: 22.3-23.9 / 21.0-23.2."""
+    if ops.sq_mahalanobis_t is None:
+        return False
+    return ops.name == "diag" or c <= ROWS_MINOR_MAX_CHUNK
 
 
 def _weighted_log_prob(x, prep: _Prepared, ops: _CovOps, *, t: bool = False):

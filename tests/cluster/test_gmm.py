@@ -814,25 +814,27 @@ def test_diagonal_moments_equal_numpy_on_either_side_of_the_fused_sum_limit(x64,
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
 @pytest.mark.parametrize("keep", [True, False])
-def test_components_major_em_iteration_equals_numpy(x64, monkeypatch, keep):
-    """A full-covariance EM iteration over chunks of <= ROWS_MINOR_MAX_CHUNK rows holds the
-    responsibilities as [k, c] (kept as [k, n], or recomputed in the covariance pass): with
-    sample weights (zeros included) and a chunk that does not divide n, its log-likelihood and
-    parameters equal a float64 numpy EM step."""
+def test_components_major_em_iteration_equals_numpy(x64, monkeypatch, keep, covariance_type):
+    """An EM iteration whose passes hold the responsibilities as [k, c] (full covariance over
+    chunks of <= ROWS_MINOR_MAX_CHUNK rows, diagonal always), kept as [k, n] or recomputed in
+    the covariance pass: with sample weights (zeros included) and a chunk that does not divide
+    n, its log-likelihood and parameters equal a float64 numpy EM step."""
     x = blobs(n_per=667)  # 2,001 rows; chunks of 700: the last one is shifted back
     n, d = x.shape
     k, c, reg = 3, 700, 1e-6
-    assert gmm._components_major(gmm._COVARIANCES["full"], c)
+    assert gmm._components_major(gmm._COVARIANCES[covariance_type], c)
     w = np.random.default_rng(3).uniform(0.0, 2.0, size=n)
     w[::7] = 0.0
-    p0, _ = start_params(x, k, "full")
+    p0, _ = start_params(x, k, covariance_type)
     if not keep:
         monkeypatch.setattr(gmm, "KEEP_RESP_ELEMENTS", 0)
-    res = gmm.fit(jax.random.key(0), x, k, init=p0, max_iter=1, tol=0.0, reg_covar=reg,
-                  sample_weight=w, chunk_size=c)  # fmt: skip
+    res = gmm.fit(jax.random.key(0), x, k, covariance_type=covariance_type, init=p0, max_iter=1,
+                  tol=0.0, reg_covar=reg, sample_weight=w, chunk_size=c)  # fmt: skip
+    cov0 = p0.covariances if covariance_type == "full" else [np.diag(v) for v in p0.covariances]
     log_p = np.stack(
-        [np.log(p0.weights[j]) + multivariate_normal(p0.means[j], p0.covariances[j]).logpdf(x)
+        [np.log(p0.weights[j]) + multivariate_normal(p0.means[j], cov0[j]).logpdf(x)
          for j in range(k)], axis=1,
     )  # fmt: skip
     lse = logsumexp(log_p, axis=1)
@@ -841,6 +843,8 @@ def test_components_major_em_iteration_equals_numpy(x64, monkeypatch, keep):
     means = r.T @ x / nk[:, None]
     diff = x[:, None, :] - means[None]
     cov = np.einsum("nk,nkd,nke->kde", r, diff, diff) / nk[:, None, None] + reg * np.eye(d)
+    if covariance_type == "diag":
+        cov = np.diagonal(cov, axis1=1, axis2=2)
     np.testing.assert_allclose(float(res.log_likelihood_trace[0]), w @ lse / w.sum(), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(res.params.weights), nk / nk.sum(), rtol=1e-10)
     np.testing.assert_allclose(np.asarray(res.params.means), means, rtol=1e-10, atol=1e-12)
