@@ -78,6 +78,7 @@ __all__ = [
     "CHUNK_ELEMENTS",
     "COVARIANCE_TYPES",
     "DIAG_SUM_MIN_KD",
+    "FULL_ROWS_MINOR_MAX_CHUNK",
     "INITS",
     "KEEP_RESP_ELEMENTS",
     "MOMENTS_ROWS_MINOR_MIN_D",
@@ -129,13 +130,28 @@ diagonal and spherical fits of 100k×2, K=4 were not faster with small chunks.""
 
 
 ROWS_MINOR_MAX_CHUNK = 1024
-"""Chunks of at most this many rows run the full-covariance passes rows minor (below)."""
+"""Chunks of at most this many rows form the second moments of :func:`_moments_matrix` rows
+minor whatever ``d`` (tied fits, and full-covariance passes outside EM's components-major
+layout; see ``MOMENTS_ROWS_MINOR_MIN_D`` below), and small full-covariance fits take chunks of
+this size (``SMALL_FULL_MAX_KD``)."""
+
+FULL_ROWS_MINOR_MAX_CHUNK = 16384
+"""Full-covariance EM passes over chunks of at most this many rows run rows minor throughout:
+the E-step whitens ``[k·d, d] x [d, c]``, keeps the responsibilities as ``[k, c]``
+(:func:`_components_major`) and the covariance pass multiplies ``[k·d, c] x [c, d]``. Ms per EM
+iteration at the default chunk, a limit of 1,024 rows (until 2026-12-06) / this one (two runs
+each, random_from_data init included; 2026-12-06, quiet): 100k×8, K=8, c=8,192: 13.8-13.9 /
+9.9; 100k×4, K=12, c=10,922: 14.0-14.8 / 11.1-11.4 (once 28.3); 200k×8, K=16, c=4,096:
+49.5-51.1 / 35.5-37.2; 100k×16, K=4, c=8,192: 15.7-16.1 / 15.0-15.1; 100k×16, K=8, c=4,096:
+26.4-26.7 / 24.5-26.9; 8 restarts of 100k×2, K=4, c=16,384: 36.4 / 12.7-13.1; 200k×2, K=4:
+72.3-76.1 / 24.4-26.0. Above it the old layouts win: 100k×2, K=4 at c=65,536: 5.9 / 8.1-9.3."""
 
 MOMENTS_ROWS_MINOR_MIN_D = 32
 """Layouts of the full-covariance passes (chosen from the chunk and the data's shape only, so
 vmapped restarts stay identical to single runs with the same chunk):
 
-- E-step: chunks of at most ``ROWS_MINOR_MAX_CHUNK`` rows are whitened rows minor,
+- E-step: chunks of at most ``FULL_ROWS_MINOR_MAX_CHUNK`` rows (1,024 until 2026-12-06) are
+  whitened rows minor,
   ``[k·d, d] x [d, c]``, larger ones as ``[c, d] x [d, k·d]``. Ms per E-pass (old / rows
   minor; 2026-12-05, quiet; R vmapped restarts, whose chunks are small): 100k×16, K=8, R=8,
   c=1,024: 78.9 / 48.2; 200k×32, K=16, R=4, c=512: 333 / 206; 100k×2, K=4, R=8, c=16,384:
@@ -289,14 +305,14 @@ def _prepare_full(means, p):
 def _sq_full(x, a, b, k):
     # One matmul carries all the work: y_nk = x_n P_k - mu_k P_k.
     c, d = x.shape
-    if c <= ROWS_MINOR_MAX_CHUNK:
+    if c <= FULL_ROWS_MINOR_MAX_CHUNK:
         return _sq_full_t(x, a, b, k).T
     y = (x @ a).reshape(c, k, d) - b[None]
     return jnp.sum(y * y, axis=-1)
 
 
 def _sq_full_t(x, a, b, k):
-    # Rows minor, [k*d, d] x [d, c] (see ROWS_MINOR_MAX_CHUNK); the result is [k, c].
+    # Rows minor, [k*d, d] x [d, c] (see FULL_ROWS_MINOR_MAX_CHUNK); the result is [k, c].
     c, d = x.shape
     y = (a.T @ x.T).reshape(k, d, c) - b[:, :, None]
     return jnp.sum(y * y, axis=1)
@@ -343,7 +359,7 @@ def _moments_matrix(rw, xc, means):
 
 def _moments_matrix_t(rw_t, xc, means):
     # _moments_matrix from rw_t = rwᵀ [k, c], with the differences as [k, d, c] (rows minor): a
-    # plain [k*d, c] x [c, d] product (see ROWS_MINOR_MAX_CHUNK).
+    # plain [k*d, c] x [c, d] product (see MOMENTS_ROWS_MINOR_MIN_D).
     k, d = means.shape
     u = rw_t[:, None, :] * (xc.T[None] - means[:, :, None])
     e = jnp.sum(u, axis=2)  # [k, d]
@@ -594,7 +610,7 @@ def _prepare(params: GMMParams, ops: _CovOps) -> _Prepared:
 def _components_major(ops: _CovOps, c: int) -> bool:
     """Whether :func:`fit`'s passes over chunks of ``c`` rows hold the responsibilities as
     ``[k, c]`` (and keep them as ``[k, n]``) instead of ``[c, k]``: where the Mahalanobis term
-    is computed rows minor (full covariance with ``c <= ROWS_MINOR_MAX_CHUNK``, whose second
+    is computed rows minor (full covariance with ``c <= FULL_ROWS_MINOR_MAX_CHUNK``, whose second
     moments are rows minor too; diagonal covariance at any chunk), so that the E-step needs no
     transpose. Ms per EM iteration, ``[c, k]`` / ``[k, c]`` (2026-12-06, quiet, two runs each):
     full, 8 vmapped restarts, 100k×16, K=8, c=1,024: 131-141 / 98-105; full 100k×2, K=4,
@@ -603,7 +619,7 @@ def _components_major(ops: _CovOps, c: int) -> bool:
     12.3-12.9; 200k×32, K=16: 49.6-49.8 / 46.5-47.2; 100k×64, K=8: 22.3-23.9 / 21.0-23.2."""
     if ops.sq_mahalanobis_t is None:
         return False
-    return ops.name == "diag" or c <= ROWS_MINOR_MAX_CHUNK
+    return ops.name == "diag" or c <= FULL_ROWS_MINOR_MAX_CHUNK
 
 
 def _weighted_log_prob(x, prep: _Prepared, ops: _CovOps, *, t: bool = False):

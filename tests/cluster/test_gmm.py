@@ -766,10 +766,10 @@ def test_restarts_get_a_chunk_whose_block_fits_the_restart_budget():
     )
 
 
-@pytest.mark.parametrize("c", [300, gmm.ROWS_MINOR_MAX_CHUNK + 1])
+@pytest.mark.parametrize("c", [300, gmm.FULL_ROWS_MINOR_MAX_CHUNK + 1])
 def test_full_mahalanobis_equals_numpy_in_either_layout(x64, c):
     """The E-step's squared Mahalanobis distances ||(x_n - mu_k)ᵀ P_k||², whitened rows minor
-    (chunks of <= ROWS_MINOR_MAX_CHUNK rows) or rows major, equal float64 numpy's."""
+    (chunks of <= FULL_ROWS_MINOR_MAX_CHUNK rows) or rows major, equal float64 numpy's."""
     k, d = 5, 4
     rng = np.random.default_rng(c)
     x = rng.normal(size=(c, d))
@@ -814,16 +814,17 @@ def test_diagonal_moments_equal_numpy_on_either_side_of_the_fused_sum_limit(x64,
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12)
 
 
+@pytest.mark.parametrize("c", [700, gmm.ROWS_MINOR_MAX_CHUNK + 476])
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
 @pytest.mark.parametrize("keep", [True, False])
-def test_components_major_em_iteration_equals_numpy(x64, monkeypatch, keep, covariance_type):
+def test_components_major_em_iteration_equals_numpy(x64, monkeypatch, keep, covariance_type, c):
     """An EM iteration whose passes hold the responsibilities as [k, c] (full covariance over
-    chunks of <= ROWS_MINOR_MAX_CHUNK rows, diagonal always), kept as [k, n] or recomputed in
+    chunks of <= FULL_ROWS_MINOR_MAX_CHUNK rows, diagonal always), kept as [k, n] or recomputed in
     the covariance pass: with sample weights (zeros included) and a chunk that does not divide
     n, its log-likelihood and parameters equal a float64 numpy EM step."""
-    x = blobs(n_per=667)  # 2,001 rows; chunks of 700: the last one is shifted back
+    x = blobs(n_per=667)  # 2,001 rows; chunks of 700 or 1,500: the last one is shifted back
     n, d = x.shape
-    k, c, reg = 3, 700, 1e-6
+    k, reg = 3, 1e-6
     assert gmm._components_major(gmm._COVARIANCES[covariance_type], c)
     w = np.random.default_rng(3).uniform(0.0, 2.0, size=n)
     w[::7] = 0.0
