@@ -161,7 +161,8 @@ vmapped restarts stay identical to single runs with the same chunk):
   of at most ``ROWS_MINOR_MAX_CHUNK`` rows, the weighted differences are formed as ``[k, d,
   c]`` and multiplied ``[k·d, c] x [c, d]``; otherwise as ``[c, k, d]``, the product
   contracting their leading axis (the only form until 2026-12-05, which XLA:CPU ran up to 3x
-  slower). Ms per pass, ``[c, k, d]`` / ``[k, d, c]``: 100k×2, K=4, c=65,536: 1.1 / 1.1;
+  slower). EM's full-covariance passes over chunks of at most ``FULL_ROWS_MINOR_MAX_CHUNK``
+  rows always take the ``[k, d, c]`` form (their responsibilities are ``[k, c]`` already). Ms per pass, ``[c, k, d]`` / ``[k, d, c]``: 100k×2, K=4, c=65,536: 1.1 / 1.1;
   100k×16, K=8, c=4,096: 12.7 / 17.3; c=1,024: 19.3 / 18.5; 200k×8, K=16, c=4,096: 21.2 /
   31.4; 100k×32, K=4, c=4,096: 15.9 / 11.2; 200k×32, K=16, c=1,024: 125.8 / 63.6; 100k×64,
   K=8, c=1,024: 68.2 / 45.8; 100k×16, K=8, R=8, c=1,024: 91.9 / 38.6; 200k×32, K=16, R=4,
