@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from sklearn.cluster import KMeans
 
@@ -151,32 +152,32 @@ def pass_parts(x, centroids, chunk):
     """Jitted functions of ``x`` for the parts of our assignment pass, each adding one part to
     the previous (name, fn); chunk 0: the product unchunked."""
     n = x.shape[0]
-    w = jax.numpy.ones((n,), x.dtype)
-    mean = jax.numpy.mean(x, axis=0)
+    w = jnp.ones((n,), x.dtype)
+    mean = jnp.mean(x, axis=0)
     cen = centroids - mean[None]
-    half = 0.5 * jax.numpy.sum(cen * cen, axis=1)
+    half = 0.5 * jnp.sum(cen * cen, axis=1)
     c = min(chunk, n)
 
     def product(x):  # the scores (a matmul, or elementwise for narrow rows), summed
         if chunk == 0:
-            return jax.numpy.sum(kmeans._scores(x - mean[None], cen, half))
+            return jnp.sum(kmeans._scores(x - mean[None], cen, half))
         return fold_chunks(
             x, w, mean, c, lambda a, xc, wc, st: a + wc @ kmeans._scores(xc, cen, half).sum(1),
-            jax.numpy.zeros((), x.dtype),
+            jnp.zeros((), x.dtype),
         )  # fmt: skip
 
     def row_min(x):
         def body(out, xc, wc, st):
-            return put_rows(out, st, jax.numpy.min(kmeans._scores(xc, cen, half), axis=1))
+            return put_rows(out, st, jnp.min(kmeans._scores(xc, cen, half), axis=1))
 
-        return fold_chunks(x, w, mean, c, body, jax.numpy.zeros((n,), x.dtype))
+        return fold_chunks(x, w, mean, c, body, jnp.zeros((n,), x.dtype))
 
     def argmin(x):
         def body(out, xc, wc, st):
             lab, m = kmeans._first_argmin(kmeans._scores(xc, cen, half))
             return put_rows(out[0], st, lab), put_rows(out[1], st, m)
 
-        init = (jax.numpy.zeros((n,), jax.numpy.int32), jax.numpy.zeros((n,), x.dtype))
+        init = (jnp.zeros((n,), jnp.int32), jnp.zeros((n,), x.dtype))
         return fold_chunks(x, w, mean, c, body, init)
 
     def with_sums(x):
@@ -191,7 +192,7 @@ def pass_parts(x, centroids, chunk):
 
 def parts_case(name, n, d, k, sk_s, repeats):
     """ms of each part of our assignment pass (default chunk, and the product unchunked)."""
-    x = jax.numpy.asarray(_data(n, d, k))
+    x = jnp.asarray(_data(n, d, k))
     c0 = x[np.random.default_rng(1).choice(n, k, replace=False)]
     chunk = kmeans.auto_chunk_size(n, k, d)
     rows = []

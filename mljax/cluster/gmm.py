@@ -72,7 +72,7 @@ from jax import lax
 from mljax import validation
 from mljax.cluster import kmeans
 from mljax.cluster._checks import check_data, check_no_overflow, check_real
-from mljax.cluster._chunks import fold_chunks, put_rows
+from mljax.cluster._chunks import fold_chunks
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -273,6 +273,7 @@ class _CovOps(NamedTuple):
     moments_shape: Callable  # (k, d) -> shape of the second-order statistics
     moments: Callable  # (rw [c, k], x [c, d], means [k, d]) -> this chunk's statistics
     moments_t: Callable | None  # the same from rw as [k, c] (None: the type has none)
+    components_major: Callable  # (c) -> whether EM's passes over c-row chunks use the _t forms
     covariances: Callable  # (moments, nk [k], reg_covar) -> cov
     floor: Callable  # (cov, min_variance) -> cov with diagonal variances >= min_variance
     diagonal: Callable  # (v [] or [d], k, d) -> cov with variances v for every component
@@ -419,6 +420,7 @@ _COVARIANCES: dict[str, _CovOps] = {
         moments_shape=lambda k, d: (k, d, d),
         moments=_moments_matrix,
         moments_t=_moments_matrix_t,
+        components_major=lambda c: c <= FULL_ROWS_MINOR_MAX_CHUNK,
         covariances=lambda acc, nk, reg: (
             _symmetrise(acc) / nk[:, None, None]
             + reg * jnp.eye(acc.shape[-1], dtype=acc.dtype)[None]
@@ -441,6 +443,7 @@ _COVARIANCES: dict[str, _CovOps] = {
         moments_shape=lambda k, d: (k, d, d),
         moments=_moments_matrix,
         moments_t=None,
+        components_major=lambda c: False,
         # Pooled: sum_k N_k Sigma_k / sum_k N_k.
         covariances=lambda acc, nk, reg: (
             jnp.sum(_symmetrise(acc), axis=0) / jnp.sum(nk)
@@ -467,6 +470,7 @@ _COVARIANCES: dict[str, _CovOps] = {
         # The responsibilities turned back to [c, k]: the fused sum over [k, d, c] instead
         # measured slower (diag 200k×32, K=16: 80-86 against 45-47 ms per EM iteration).
         moments_t=lambda rw_t, xc, means: _moments_diagonal(rw_t.T, xc, means),
+        components_major=lambda c: True,
         covariances=lambda acc, nk, reg: acc / nk[:, None] + reg,
         floor=_floor_vector,
         diagonal=lambda v, k, d: jnp.broadcast_to(v, (k, d)),
@@ -486,6 +490,7 @@ _COVARIANCES: dict[str, _CovOps] = {
         moments_shape=lambda k, d: (k, d),
         moments=_moments_diagonal,
         moments_t=None,
+        components_major=lambda c: False,
         covariances=lambda acc, nk, reg: jnp.mean(acc / nk[:, None], axis=1) + reg,
         floor=_floor_vector,
         diagonal=lambda v, k, d: jnp.full((k,), jnp.mean(v), jnp.result_type(v)),
@@ -618,9 +623,7 @@ def _components_major(ops: _CovOps, c: int) -> bool:
     c=1,024: 3.25-3.82 / 2.72-2.79; full 200k×32, K=16, c=1,024: 184-189 / 167-186; diag
     (random_from_data init included) 100k×2, K=4: 6.2-8.0 / 6.0-7.1; 100k×16, K=8: 13.6-15.3 /
     12.3-12.9; 200k×32, K=16: 49.6-49.8 / 46.5-47.2; 100k×64, K=8: 22.3-23.9 / 21.0-23.2."""
-    if ops.sq_mahalanobis_t is None:
-        return False
-    return ops.name == "diag" or c <= FULL_ROWS_MINOR_MAX_CHUNK
+    return ops.components_major(c)
 
 
 def _weighted_log_prob(x, prep: _Prepared, ops: _CovOps, *, t: bool = False):
@@ -647,6 +650,23 @@ def _log_resp(lp, axis: int = 1):
     lse = _logsumexp(lp, axis)
     lse_b = jnp.expand_dims(lse, axis)
     return jnp.where(jnp.isfinite(lse_b), lp - lse_b, -math.log(k)), lse
+
+
+def _row_axis(t: bool) -> int:
+    """The rows' axis of responsibilities: 1 of ``[k, c]`` with ``t``, 0 of ``[c, k]``."""
+    return 1 if t else 0
+
+
+def _along_rows(v, t: bool):
+    """``v [c]`` shaped to multiply responsibilities (``[1, c]`` with ``t``, ``[c, 1]``)."""
+    return jnp.expand_dims(v, 1 - _row_axis(t))
+
+
+def _resp(xc, prep: _Prepared, ops: _CovOps, t: bool):
+    """A chunk's responsibilities, ``[c, k]`` (``[k, c]`` with ``t``, see
+    :func:`_components_major`), and ``log p(x_n)`` ``[c]``."""
+    log_r, lse = _log_resp(_weighted_log_prob(xc, prep, ops, t=t), axis=1 - _row_axis(t))
+    return jnp.exp(log_r), lse
 
 
 def _weighted_sum(w, values):
@@ -687,20 +707,11 @@ def _e_pass(x, w, c0, params: GMMParams, ops: _CovOps, c: int, *, n_worst: int =
 
     def body(carry, xc, wc, start):
         st, worst, kept = carry
-        if t:  # [k, c]
-            log_r, lse = _log_resp(_weighted_log_prob(xc, prep, ops, t=True), axis=0)
-            r = jnp.exp(log_r)
-            rw = r * wc[None]
-            if keep:
-                kept = lax.dynamic_update_slice_in_dim(kept, r, start, axis=1)
-            nk, sx = jnp.sum(rw, axis=1), rw @ xc
-        else:  # [c, k]
-            log_r, lse = _log_resp(_weighted_log_prob(xc, prep, ops))
-            r = jnp.exp(log_r)
-            rw = r * wc[:, None]
-            if keep:
-                kept = put_rows(kept, start, r)
-            nk, sx = jnp.sum(rw, axis=0), rw.T @ xc
+        r, lse = _resp(xc, prep, ops, t)
+        rw = r * _along_rows(wc, t)
+        if keep:
+            kept = lax.dynamic_update_slice_in_dim(kept, r, start, axis=_row_axis(t))
+        nk, sx = jnp.sum(rw, axis=_row_axis(t)), (rw if t else rw.T) @ xc
         st = _EStats(st.ll_sum + _weighted_sum(wc, lse), st.nk + nk, st.sx + sx)
         if per_chunk:
             score = jnp.where(wc > 0, jnp.where(jnp.isfinite(lse), lse, -jnp.inf), jnp.inf)
@@ -1194,19 +1205,16 @@ def _em_iteration(const: _EMConst, s: _EMState, *, ops: _CovOps, c: int, keep_re
     ll = stats.ll_sum / const.wsum
     nk = stats.nk + 10 * eps
     t = _components_major(ops, c)  # responsibilities [k, c] / kept [k, n]
-    row_axis = 1 if t else 0
     if keep_resp:
 
         def rw_fn(xc, wc, start):  # the E-step's responsibilities, kept
-            return lax.dynamic_slice_in_dim(kept, start, c, axis=row_axis) * jnp.expand_dims(
-                wc, 1 - row_axis
-            )
+            r = lax.dynamic_slice_in_dim(kept, start, c, axis=_row_axis(t))
+            return r * _along_rows(wc, t)
     else:
         prep = _prepare(s.params, ops)
 
         def rw_fn(xc, wc, start):  # the E-step's responsibilities, recomputed
-            log_r = _log_resp(_weighted_log_prob(xc, prep, ops, t=t), axis=1 - row_axis)[0]
-            return jnp.exp(log_r) * jnp.expand_dims(wc, 1 - row_axis)
+            return _resp(xc, prep, ops, t)[0] * _along_rows(wc, t)
 
     acc = _cov_pass(x, w, c0, c, rw_fn, stats.sx / nk[:, None], ops, t=t)
     new = _finish_m_step(stats, acc, ops, const.reg_covar, const.min_variance)
